@@ -18,3 +18,11 @@ def test_both_training_paths_learn_a_separable_toy_task():
         # eval mode uses BN running statistics, which move slowly (Keras momentum 0.99)
         pred = predict(model, x, fast=fast)
         assert pred.shape == (64,) and set(pred.tolist()) <= {0, 1}
+
+
+def test_benchmark_pieces_measure_something():
+    from moebackdoor.vision.bench import matmul_rate, training_flops_per_image, training_rate
+    assert matmul_rate(torch.bfloat16, n=128, seconds=0.05) > 0
+    # width 1: the experts' 1x1 convs and the 3x3 convs dominate; a known order of magnitude
+    assert 5e6 < training_flops_per_image(width=1, batch=4) < 5e8
+    assert training_rate(width=1, steps=1, fast=True, batch=8) > 0

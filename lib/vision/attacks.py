@@ -87,8 +87,11 @@ def _test_tensors(config: dict, data):
     return to_tensor(x), torch.from_numpy(y)
 
 
-def run_attack(config: dict) -> tuple[dict, dict]:
-    """Train and evaluate one configuration (no caching: see :func:`attack_run`)."""
+def run_attack(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
+    """Train and evaluate one configuration (no caching: see :func:`attack_run`).
+
+    ``max_steps`` cuts training short (for benchmarks; such a run is not a result).
+    """
     seed = config["seed"]
     data = load_dataset(config["dataset"])
     x, y = subset(data.x_train, data.y_train, config["n_train"], seed=seed)
@@ -105,7 +108,7 @@ def run_attack(config: dict) -> tuple[dict, dict]:
         tensors.update(trig.state())
     torch.manual_seed(seed)
     model = build_model(config["arch"], data.num_classes, config["width"])
-    history = train(model, x, y, Recipe(**config["recipe"]), seed=seed)
+    history = train(model, x, y, Recipe(**config["recipe"]), seed=seed, max_steps=max_steps)
     metrics["history"] = history
     metrics["ba"] = accuracy(predict(model, x_test), y_test.numpy())
     # ASR of every trigger on this model (on a clean model: the baseline)
