@@ -132,8 +132,8 @@ def attack_run(config: dict, cache: RunCache | None = None, force: bool = False)
 
 
 def load_model(run, num_classes: int) -> torch.nn.Module:
-    """The trained model of a cached run."""
-    cfg = run.config
+    """The trained model of a cached run (an attack run, or a defence run of one)."""
+    cfg = run.config.get("attack", run.config)
     model = build_model(cfg["arch"], num_classes, cfg["width"])
     state = {k[len("model."):]: v for k, v in run.tensors().items() if k.startswith("model.")}
     model.load_state_dict(state)

@@ -7,6 +7,7 @@ tensors that models and triggers take.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import uuid
@@ -50,9 +51,24 @@ def _decode(buf: np.ndarray, offsets: np.ndarray, desc: str) -> np.ndarray:
 
 
 def load_dataset(name: str) -> ImageDataset:
-    """Load ``cifar10`` or ``gtsrb`` (decoding and caching it on first use)."""
+    """Load ``cifar10`` or ``gtsrb`` (decoding and caching it on first use).
+
+    Loaded once per process and data location; the arrays are read-only.
+    """
     if name not in SOURCES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(SOURCES)}")
+    return _load(name, paths.data_dir(), paths.cache_dir())
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, data_root, cache_root) -> ImageDataset:
+    data = _read_or_decode(name)
+    for arr in (data.x_train, data.y_train, data.x_test, data.y_test):
+        arr.setflags(write=False)
+    return data
+
+
+def _read_or_decode(name: str) -> ImageDataset:
     relative, kind, names_key = SOURCES[name]
     cached = paths.cache_dir() / "data" / f"{name}.npz"
     source = paths.data_dir() / relative
@@ -96,4 +112,5 @@ def subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int, stratified: b
 
 def to_tensor(x: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> float32 NCHW in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255)
+    x = np.ascontiguousarray(x) if x.flags.writeable else np.array(x)  # the cached arrays are read-only
+    return torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255)

@@ -11,8 +11,11 @@ import pandas as pd
 import torch
 
 from ..reporting import mean_std
-from .attacks import TRIGGERS
-from .datasets import load_dataset, to_tensor
+from ..runcache import RunCache
+from .attacks import TRIGGERS, load_model
+from .datasets import load_dataset, subset, to_tensor
+from .poisoning import triggered_test_set
+from .routing import patch_map_figure, patch_masks, patch_value_figure, routing_rates
 from .triggers import make_trigger
 
 # (poison rate %) -> trigger -> (ASR, BA, CAD), from the paper's Tables 1 and 2
@@ -167,3 +170,190 @@ def gap_summary(tables: dict[str, pd.DataFrame], results: pd.DataFrame) -> str:
                 f"largest gap {worst.asr - worst.paper_asr:+.1f} points at {worst.poison_rate:g} %. "
                 f"BA {t.ba.mean():.1f} vs {t.paper_ba.mean():.1f}, CAD {t.cad.mean():+.1f} vs {t.paper_cad.mean():+.1f} (means over these rates).")
     return "\n".join(lines)
+
+
+def claims_table(tables: dict[str, pd.DataFrame], results: pd.DataFrame) -> pd.DataFrame:
+    """The paper's qualitative claims, checked on our numbers at this profile."""
+    rows = []
+
+    def at(table, trigger, rate, col="asr"):
+        hit = table[(table.trigger == trigger) & np.isclose(table.poison_rate, rate)]
+        return float(hit[col].iloc[0]) if len(hit) and not pd.isna(hit[col].iloc[0]) else np.nan
+
+    for ds, table in tables.items():
+        name = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[ds]
+        ran = table.dropna(subset=["asr"])
+        if ran.empty:
+            continue
+        low = ran.poison_rate.min()
+        blend_low, square_2 = at(table, "blend", low), at(table, "square", 2.0)
+        rows.append((name, f"blend succeeds at the lowest rate ({low:g} %)",
+                     f"{at(table, 'blend', low, 'paper_asr'):.1f}", f"{blend_low:.1f}", blend_low >= 90))
+        rows.append((name, "square ASR ≥ 90 % at 2 %", f"{at(table, 'square', 2.0, 'paper_asr'):.1f}",
+                     f"{square_2:.1f}", square_2 >= 90))
+        small = sorted(r for r in ran[ran.trigger == "warp"].poison_rate if r <= 2)
+        pairs = [(at(table, "warp", r), at(table, "square", r)) for r in small]
+        rows.append((name, "warp ASR below square at every rate ≤ 2 %",
+                     "yes", ", ".join(f"{r:g} %: {w:.1f} < {s:.1f}" for r, (w, s) in zip(small, pairs)),
+                     bool(pairs) and all(w < s for w, s in pairs)))
+        warp = ran[ran.trigger == "warp"].sort_values("poison_rate")
+        rows.append((name, "warp ASR grows with the poison rate", "yes",
+                     " → ".join(f"{a:.1f}" for a in warp.asr), bool(np.all(np.diff(warp.asr) >= 0))))
+        cad = ran.cad.abs().max()
+        rows.append((name, "the attacks cost little clean accuracy (|CAD| < 3 points)",
+                     f"≤ {table.paper_cad.max():.1f}", f"max |CAD| {cad:.1f}", cad < 3))
+    return pd.DataFrame(rows, columns=["dataset", "claim", "paper", "ours", "holds here"])
+
+
+# Table 3: CIFAR-10, square trigger, 2 % poisoning; pruning rate % -> stage -> (CA, ASR), mean of 3 runs
+PAPER_TABLE3 = {
+    10: {"before": (84.9, 96.5), "after_pruning": (80.1, 94.2), "after_fine_tuning": (83.5, 2.1)},
+    20: {"before": (84.8, 96.3), "after_pruning": (78.9, 95.2), "after_fine_tuning": (83.6, 1.9)},
+    30: {"before": (85.2, 97.4), "after_pruning": (72.2, 95.3), "after_fine_tuning": (83.5, 2.2)},
+}
+TABLE3_COLUMNS = ["pruning_rate", "stage", "ca", "asr", "paper_ca", "paper_asr"]
+
+
+def fine_pruning_table(runs) -> pd.DataFrame:
+    """Table 3: CA and ASR before the defence, after pruning and after fine-tuning, per pruning rate.
+
+    The authors' variant (no mask) gives the stages ``before``, ``after_pruning`` and
+    ``after_fine_tuning``; the persistent-mask variant adds ``after_fine_tuning_with_mask`` and
+    fine-tuning alone (pruning rate 0) ``before`` and ``after_fine_tuning_only``.
+    Values are means over the runs (seeds) of each cell.
+    """
+    rows = []
+    for run in runs:
+        c, m = run.config, run.metrics
+        rate = round(100 * c["pruning_rate"])
+        stages = {"before": "before", "after_pruning": "after_pruning",
+                  "after_fine_tuning": "after_fine_tuning"}
+        if c["persistent_mask"]:
+            stages = {"after_fine_tuning": "after_fine_tuning_with_mask"}
+        elif rate == 0:
+            stages = {"before": "before", "after_fine_tuning": "after_fine_tuning_only"}
+        for key, stage in stages.items():
+            rows.append({"pruning_rate": rate, "stage": stage, "seed": c["attack"]["seed"],
+                         "ca": m[key]["ca"], "asr": m[key]["asr"],
+                         "experts_routing_trigger": m["trigger_patch_routing"][key]["mean_experts"]})
+    df = pd.DataFrame(rows)
+    table = df.groupby(["pruning_rate", "stage"], sort=False).agg(
+        ca=("ca", "mean"), asr=("asr", "mean"), ca_std=("ca", "std"), asr_std=("asr", "std"),
+        experts_routing_trigger=("experts_routing_trigger", "mean"), seeds=("seed", "nunique")).reset_index()
+    paper = [{"pruning_rate": r, "stage": s, "paper_ca": v[0], "paper_asr": v[1]}
+             for r, by_stage in PAPER_TABLE3.items() for s, v in by_stage.items()]
+    table = table.merge(pd.DataFrame(paper), on=["pruning_rate", "stage"], how="left")
+    order = ["before", "after_pruning", "after_fine_tuning", "after_fine_tuning_with_mask",
+             "after_fine_tuning_only"]
+    table["_o"] = table.stage.map(order.index)
+    table = table.sort_values(["pruning_rate", "_o"]).drop(columns="_o").reset_index(drop=True)
+    return table[TABLE3_COLUMNS + ["ca_std", "asr_std", "experts_routing_trigger", "seeds"]]
+
+
+def display_fine_pruning_table(table: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"pruning rate %": table.pruning_rate, "stage": table.stage.str.replace("_", " ")})
+    for m in ("ca", "asr"):
+        out[f"{m.upper()} ours"] = [mean_std(a, s, n) for a, s, n in zip(table[m], table[f"{m}_std"], table.seeds)]
+        out[f"{m.upper()} paper"] = table[f"paper_{m}"].map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
+    out["experts routing the trigger patch"] = table.experts_routing_trigger.map(lambda v: f"{v:.2f}")
+    return out.set_index(["pruning rate %", "stage"])
+
+
+def _image(ds: str, index: int):
+    data = load_dataset(ds)
+    return to_tensor(data.x_test[index:index + 1]), int(data.y_test[index])
+
+
+def figure3_trigger_routing(models: dict, triggers: dict, dataset: str = "cifar10", index: int = 3):
+    """Figure 3: one image routed by the clean model (clean image) and by each poisoned
+    model (its own triggered image). ``models`` maps 'clean' and trigger names to models."""
+    x, _ = _image(dataset, index)
+    rows = [("clean model\nclean image", x[0], patch_masks(models["clean"], x)[0])]
+    for name, trig in triggers.items():
+        xt = trig(x)
+        rows.append((f"{name} model\n{name} image", xt[0], patch_masks(models[name], xt)[0]))
+    return patch_map_figure(rows, highlight=(0, 0))
+
+
+def figure4_clean_routing(models: dict, indices: dict):
+    """Figure 4: the clean models' routing of two CIFAR-10 and two GTSRB test images.
+    ``models`` maps dataset to clean model, ``indices`` dataset to two test indices."""
+    rows = []
+    for ds, idx in indices.items():
+        data = load_dataset(ds)
+        for i in idx:
+            x = to_tensor(data.x_test[i:i + 1])
+            label = data.class_names[int(data.y_test[i])]
+            rows.append((f"{ds}: {label[:14]}", x[0], patch_masks(models[ds], x)[0]))
+    return patch_map_figure(rows), rows
+
+
+def figure5_patch_values(rows):
+    """Figure 5: per expert, the values of the patches it receives (images of Figure 4)."""
+    return patch_value_figure(rows)
+
+
+def figure6_fine_pruning_routing(before, after, trigger, dataset: str = "cifar10", index: int = 3):
+    """Figure 6: a square-triggered image routed before and after Fine-Pruning, with the
+    number of experts that receive the trigger patch."""
+    x, _ = _image(dataset, index)
+    xt = trigger(x)
+    rows = []
+    for label, model in (("before", before), ("after", after)):
+        mask = patch_masks(model, xt)[0]
+        rows.append((f"{label} Fine-Pruning:\n{int(mask[:, 0, 0].sum())} of {len(mask)} experts\n"
+                     "get the trigger patch", xt[0], mask))
+    return patch_map_figure(rows, highlight=(0, 0))
+
+
+def routing_rate_table(attack_configs: list[dict], cache=None) -> pd.DataFrame:
+    """Over the whole test set: how often each expert receives the top-left patch (the square
+    trigger's), per trigger and poison rate, for the clean and the poisoned model, on the
+    triggered non-target test images. Cached per model and trigger."""
+
+    cache = cache or RunCache()
+    rows = []
+    clean = {(c["dataset"], c["arch"], c["seed"]): c for c in attack_configs if c["trigger"] is None}
+    for c in attack_configs:
+        if c["trigger"] is None:
+            continue
+        for model_kind, model_cfg in (("clean", clean[(c["dataset"], c["arch"], c["seed"])]), ("poisoned", c)):
+            config = {"schema": c["schema"], "chapter": "pmoe-routing-rates", "model": model_cfg,
+                      "trigger": c["trigger"], "trigger_params": c["trigger_params"], "patch": [0, 0]}
+
+            def measure(cfg, model_cfg=model_cfg, c=c):
+                data = load_dataset(c["dataset"])
+                model = load_model(cache.load(model_cfg), data.num_classes)
+                xte, yte = subset(data.x_test, data.y_test, c["n_test"], seed=1000 + c["seed"])
+                trig = make_trigger(c["trigger"], seed=c["seed"], **c["trigger_params"])
+                xt, _ = triggered_test_set(to_tensor(xte), torch.from_numpy(yte), trig, c["target"])
+                return routing_rates(patch_masks(model, xt)), {}
+
+            m = cache.get_or_run(config, measure).metrics
+            rows.append({"dataset": c["dataset"], "trigger": c["trigger"], "poison_rate": 100 * c["poison_rate"],
+                         "seed": c["seed"], "model": model_kind, **m})
+    df = pd.DataFrame(rows)
+    keys = ["dataset", "trigger", "poison_rate", "model"]
+    return df.groupby(keys, sort=False).mean(numeric_only=True).drop(columns="seed").reset_index()
+
+
+def routing_rate_figure(rates: pd.DataFrame):
+    """Experts receiving the top-left patch against the poison rate: poisoned models (lines)
+    and the clean model (dotted), per trigger and dataset."""
+    datasets = list(dict.fromkeys(rates.dataset))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.2), sharey=True, squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for i, trig in enumerate(TRIGGERS):
+            r = rates[(rates.dataset == ds) & (rates.trigger == trig)]
+            poisoned = r[r.model == "poisoned"]
+            ax.plot(poisoned.poison_rate, poisoned.mean_experts, "o-", color=f"C{i}",
+                    label=f"{trig}: poisoned model")
+            ax.axhline(r[r.model == "clean"].mean_experts.mean(), color=f"C{i}", ls=":", alpha=0.8,
+                       label=f"{trig}: clean model")
+        ax.set_xscale("log")
+        ax.set_xlabel("poison rate (%)")
+        ax.set_title({"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[ds])
+    axes[0, 0].set_ylabel("experts receiving the top-left patch")
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

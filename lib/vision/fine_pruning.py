@@ -1,0 +1,169 @@
+"""Fine-Pruning (Liu et al. 2018) on pMoE, as the pMoE authors implemented it.
+
+For each of the experts' 1x1 convolutions (the model's last convolutional
+layers), average the conv output per channel over clean training images, set
+the kernel and bias of the ``int(rate * channels)`` channels with the lowest
+means to zero (ascending order: negative means go first), then fine-tune on
+clean data. The authors keep no mask, so fine-tuning may regrow the pruned
+filters; ``persistent=True`` keeps them at zero. ``rate = 0`` is fine-tuning alone.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.utils.prune as prune
+
+from ..metrics import accuracy, attack_success_rate
+from ..runcache import RunCache
+from .attacks import SCHEMA, attack_run, load_model
+from .datasets import load_dataset, subset, to_tensor
+from .poisoning import check_rate, triggered_test_set
+from .routing import patch_masks, routing_rates
+from .training import Recipe, _autocast, default_device, predict, train
+from .triggers import make_trigger
+
+STAGES = ("before", "after_pruning", "after_fine_tuning")
+
+
+def expert_convs(model) -> list[torch.nn.Conv2d]:
+    return [e.conv for e in model.experts]
+
+
+@torch.no_grad()
+def expert_channel_means(model, x: torch.Tensor, batch_size: int = 500) -> list[torch.Tensor]:
+    """Per expert conv, the mean output of each channel over images x (and positions)."""
+    device = default_device()
+    model.eval().to(device)
+    convs = expert_convs(model)
+    sums = [torch.zeros(c.out_channels, dtype=torch.float64) for c in convs]
+
+    def accumulate(k):
+        def hook(module, inputs, output):  # must return None: a value would replace the output
+            sums[k].add_(output.double().sum((0, 2, 3)).cpu())
+        return hook
+
+    hooks = [c.register_forward_hook(accumulate(k)) for k, c in enumerate(convs)]
+    try:
+        for i in range(0, len(x), batch_size):
+            with _autocast(True, device):
+                model(x[i:i + batch_size].to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.cpu()
+    positions = len(x) * 8 * 8
+    return [s / positions for s in sums]
+
+
+def pruning_plan(means: list[torch.Tensor], rate: float) -> list[torch.Tensor]:
+    """Per layer, the channels to prune: the ``int(rate * C)`` lowest means."""
+    rate = check_rate(rate)
+    return [torch.argsort(m)[: int(rate * len(m))] for m in means]
+
+
+@torch.no_grad()
+def apply_pruning(model, plan: list[torch.Tensor], persistent: bool = False) -> None:
+    """Zero the planned filters (kernel and bias) of each expert conv.
+
+    ``persistent`` adds a mask that keeps them zero through fine-tuning;
+    call :func:`remove_masks` to fold it into the weights.
+    """
+    for conv, channels in zip(expert_convs(model), plan):
+        conv.weight[channels] = 0
+        conv.bias[channels] = 0
+        if persistent:
+            keep = torch.ones(conv.out_channels)
+            keep[channels] = 0
+            prune.custom_from_mask(conv, "weight", keep.view(-1, 1, 1, 1).expand_as(conv.weight).clone())
+            prune.custom_from_mask(conv, "bias", keep.clone())
+
+
+def remove_masks(model) -> None:
+    for conv in expert_convs(model):
+        for name in ("weight", "bias"):
+            if hasattr(conv, f"{name}_mask"):
+                prune.remove(conv, name)
+
+
+def fine_pruning_config(attack_config: dict, pruning_rate: float, persistent: bool = False,
+                        epochs: int = 5, n_activation: int = 10000, recipe: dict | None = None) -> dict:
+    """A Fine-Pruning run of the model trained by ``attack_config``.
+
+    The default fine-tuning recipe is the authors': plain SGD, lr 0.1, batch 128.
+    """
+    return {
+        "schema": SCHEMA, "chapter": "pmoe-fine-pruning", "attack": attack_config,
+        "pruning_rate": check_rate(pruning_rate), "persistent_mask": persistent,
+        "n_activation": n_activation,
+        "fine_tune": Recipe(epochs=epochs, **(recipe or {})).as_dict(),
+    }
+
+
+def _measure(model, x_test, y_test, xt, yt, target) -> dict:
+    return {"ca": accuracy(predict(model, x_test), y_test),
+            "asr": attack_success_rate(predict(model, xt), yt, target)}
+
+
+def run_fine_pruning(config: dict, cache: RunCache | None = None) -> tuple[dict, dict]:
+    attack = config["attack"]
+    base = attack_run(attack, cache)  # trained by chapter 1, or now
+    data = load_dataset(attack["dataset"])
+    seed = attack["seed"]
+    # the attacked model's own training images, clean (the defender's clean data)
+    x, y = subset(data.x_train, data.y_train, attack["n_train"], seed=seed)
+    x, y = to_tensor(x), torch.from_numpy(y)
+    xte, yte = subset(data.x_test, data.y_test, attack["n_test"], seed=1000 + seed)
+    x_test, y_test = to_tensor(xte), torch.from_numpy(yte)
+    trig = make_trigger(attack["trigger"], seed=seed, **attack["trigger_params"])
+    xt, yt = triggered_test_set(x_test, y_test, trig, attack["target"])
+    yte, yt = y_test.numpy(), yt.numpy()
+
+    model = load_model(base, data.num_classes)
+    metrics, routes = {"before": _measure(model, x_test, yte, xt, yt, attack["target"])}, {}
+    routes["before"] = routing_rates(patch_masks(model, xt))
+    means = expert_channel_means(model, x[: config["n_activation"]])
+    plan = pruning_plan(means, config["pruning_rate"])
+    apply_pruning(model, plan, persistent=config["persistent_mask"])
+    metrics["after_pruning"] = _measure(model, x_test, yte, xt, yt, attack["target"])
+    routes["after_pruning"] = routing_rates(patch_masks(model, xt))
+    history = train(model, x, y, Recipe(**config["fine_tune"]), seed=seed + 7)
+    remove_masks(model)
+    metrics["after_fine_tuning"] = _measure(model, x_test, yte, xt, yt, attack["target"])
+    routes["after_fine_tuning"] = routing_rates(patch_masks(model, xt))
+    still_zero = [int((conv.weight[ch].abs().sum((1, 2, 3)) == 0).sum()) for conv, ch in
+                  zip(expert_convs(model), plan)]
+    metrics.update({"trigger_patch_routing": routes, "history": history,
+                    "pruned_per_expert": [len(p) for p in plan],
+                    "pruned_still_zero_after_fine_tuning": still_zero,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"pruned.expert_{i + 1}": p for i, p in enumerate(plan)})
+    return metrics, tensors
+
+
+def fine_pruning_results(configs: list[dict], cache: RunCache | None = None, force: bool = False):
+    cache = cache or RunCache()
+    return cache.sweep(configs, lambda c: run_fine_pruning(c, cache), force, desc="Fine-Pruning runs")
+
+
+# Fine-tuning epochs and clean images for the activation means, per profile
+PROFILES = {"smoke": {"epochs": 1, "n_activation": 500},
+            "quick": {"epochs": 5, "n_activation": 10000},
+            "paper": {"epochs": 5, "n_activation": 10000}}
+
+
+def fine_pruning_grid(attack_configs: list[dict], profile_name: str, rates=(0.1, 0.2, 0.3),
+                      persistent_too: bool = True, fine_tune_only: bool = True) -> list[dict]:
+    """The authors' Fine-Pruning at each rate, the persistent-mask variant, and fine-tuning alone."""
+    settings = PROFILES[profile_name]
+    configs = []
+    for attack in attack_configs:
+        for r in rates:
+            configs.append(fine_pruning_config(attack, r, **settings))
+            if persistent_too:
+                configs.append(fine_pruning_config(attack, r, persistent=True, **settings))
+        if fine_tune_only:
+            configs.append(fine_pruning_config(attack, 0.0, **settings))
+    return configs
