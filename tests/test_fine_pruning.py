@@ -46,6 +46,10 @@ def test_a_persistent_mask_survives_fine_tuning_and_no_mask_does_not():
     plan = [torch.tensor([1, 2])] * 4
     for persistent in (True, False):
         model = _model()
+        # a zeroed filter's constant output leaves BN as its shift; at the fresh shift 0 the ReLU
+        # passes no gradient and the filter could never regrow: shift it as training would
+        with torch.no_grad():
+            model.post_bn.bias.fill_(0.5)
         apply_pruning(model, plan, persistent=persistent)
         train(model, x, y, Recipe(epochs=2, batch_size=16, lr=0.1), progress=False)
         remove_masks(model)

@@ -232,14 +232,18 @@ def fine_pruning_table(runs) -> pd.DataFrame:
             stages = {"after_fine_tuning": "after_fine_tuning_with_mask"}
         elif rate == 0:
             stages = {"before": "before", "after_fine_tuning": "after_fine_tuning_only"}
+        pruned = sum(m["pruned_per_expert"])
+        still_zero = 100 * sum(m["pruned_still_zero_after_fine_tuning"]) / pruned if pruned else np.nan
         for key, stage in stages.items():
             rows.append({"pruning_rate": rate, "stage": stage, "seed": c["attack"]["seed"],
                          "ca": m[key]["ca"], "asr": m[key]["asr"],
-                         "experts_routing_trigger": m["trigger_patch_routing"][key]["mean_experts"]})
+                         "experts_routing_trigger": m["trigger_patch_routing"][key]["mean_experts"],
+                         "pruned_still_zero": still_zero if key == "after_fine_tuning" else np.nan})
     df = pd.DataFrame(rows)
     table = df.groupby(["pruning_rate", "stage"], sort=False).agg(
         ca=("ca", "mean"), asr=("asr", "mean"), ca_std=("ca", "std"), asr_std=("asr", "std"),
-        experts_routing_trigger=("experts_routing_trigger", "mean"), seeds=("seed", "nunique")).reset_index()
+        experts_routing_trigger=("experts_routing_trigger", "mean"),
+        pruned_still_zero=("pruned_still_zero", "mean"), seeds=("seed", "nunique")).reset_index()
     paper = [{"pruning_rate": r, "stage": s, "paper_ca": v[0], "paper_asr": v[1]}
              for r, by_stage in PAPER_TABLE3.items() for s, v in by_stage.items()]
     table = table.merge(pd.DataFrame(paper), on=["pruning_rate", "stage"], how="left")
@@ -247,7 +251,7 @@ def fine_pruning_table(runs) -> pd.DataFrame:
              "after_fine_tuning_only"]
     table["_o"] = table.stage.map(order.index)
     table = table.sort_values(["pruning_rate", "_o"]).drop(columns="_o").reset_index(drop=True)
-    return table[TABLE3_COLUMNS + ["ca_std", "asr_std", "experts_routing_trigger", "seeds"]]
+    return table[TABLE3_COLUMNS + ["ca_std", "asr_std", "experts_routing_trigger", "pruned_still_zero", "seeds"]]
 
 
 def display_fine_pruning_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -256,6 +260,7 @@ def display_fine_pruning_table(table: pd.DataFrame) -> pd.DataFrame:
         out[f"{m.upper()} ours"] = [mean_std(a, s, n) for a, s, n in zip(table[m], table[f"{m}_std"], table.seeds)]
         out[f"{m.upper()} paper"] = table[f"paper_{m}"].map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
     out["experts routing the trigger patch"] = table.experts_routing_trigger.map(lambda v: f"{v:.2f}")
+    out["pruned filters still zero %"] = table.pruned_still_zero.map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
     return out.set_index(["pruning rate %", "stage"])
 
 
