@@ -33,3 +33,12 @@ def test_a_tiny_attack_run_end_to_end(companion_env):
     row = df[df.trigger == "square"].iloc[0]
     assert row.n_poisoned == 30 and 0 <= row.asr <= 100
     assert row.cad == pytest.approx(df[df.trigger == "clean"].ba.iloc[0] - row.ba)
+
+
+def test_noise_mode_applies_to_the_wanet_warp_only():
+    configs = attack_grid("smoke", datasets=["cifar10"], triggers=["square", "warp"], rates=[0.1],
+                          seeds=[0], trigger_overrides={"warp": {"variant": "wanet"}}, wanet_noise_mode=True)
+    assert [(c["trigger"], c["cross_ratio"]) for c in configs] == [(None, 0), ("square", 0), ("warp", 2.0)]
+    authors = attack_grid("smoke", datasets=["cifar10"], triggers=["warp"], rates=[0.1], seeds=[0],
+                          wanet_noise_mode=True)
+    assert authors[1]["cross_ratio"] == 0

@@ -141,10 +141,12 @@ def load_model(run, num_classes: int) -> torch.nn.Module:
 
 
 def attack_grid(profile_name: str, datasets=DATASETS, triggers=TRIGGERS, rates=None, seeds=None,
-                arch: str = "pmoe", trigger_overrides: dict | None = None, **kwargs) -> list[dict]:
+                arch: str = "pmoe", trigger_overrides: dict | None = None, wanet_noise_mode: bool = False,
+                **kwargs) -> list[dict]:
     """Every configuration of a sweep: a clean run per dataset and seed, then the attacks.
 
-    ``trigger_overrides`` maps a trigger name to parameters, e.g. ``{"warp": {"variant": "wanet"}}``.
+    ``trigger_overrides`` maps a trigger name to parameters, e.g. ``{"warp": {"variant": "wanet"}}``;
+    ``wanet_noise_mode`` adds WaNet's noise-mode samples (cross ratio 2) to the original WaNet warp.
     """
     p = profile(profile_name)
     rates = p["rates"] if rates is None else rates
@@ -157,9 +159,13 @@ def attack_grid(profile_name: str, datasets=DATASETS, triggers=TRIGGERS, rates=N
         for seed in seeds:
             configs.append(attack_config(profile_name, ds, None, 0.0, seed, arch, **kwargs))
             for t in triggers:
+                overrides = trigger_overrides.get(t)
+                wanet = t == "warp" and trigger_params(t, **(overrides or {}))["variant"] == "wanet"
                 for r in rates:
                     configs.append(attack_config(profile_name, ds, t, r, seed, arch,
-                                                 trigger_overrides=trigger_overrides.get(t), **kwargs))
+                                                 trigger_overrides=overrides,
+                                                 cross_ratio=2.0 if wanet and wanet_noise_mode else 0.0,
+                                                 **kwargs))
     return configs
 
 
