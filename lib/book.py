@@ -9,6 +9,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -47,11 +48,18 @@ def execute_notebook(source: Path, out_dir: Path, parameters: dict | None = None
     return out
 
 
-def execute_all(profile: str, out_dir: Path = BOOK / "chapters", only: list[str] | None = None) -> list[Path]:
+def execute_all(profile: str, out_dir: Path = BOOK / "chapters", only: list[str] | None = None,
+                verbose: bool = False) -> list[Path]:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     sources = [s for s in chapter_sources() if not only or s.stem in only]
-    return [execute_notebook(s, out_dir, {"profile": profile}) for s in sources]
+    done = []
+    for source in sources:
+        start = time.perf_counter()
+        done.append(execute_notebook(source, out_dir, {"profile": profile}))
+        if verbose:
+            print(f"executed {source.name} at {profile} in {time.perf_counter() - start:.0f} s", flush=True)
+    return done
 
 
 def build(book_dir: Path = BOOK, config: Path = REPO_ROOT / "_config.yml",
@@ -72,8 +80,7 @@ def main(argv=None):
     sub.add_parser("build", help="build the HTML book")
     args = parser.parse_args(argv)
     if args.command == "execute":
-        for path in execute_all(args.profile, only=args.only):
-            print("executed", path.relative_to(REPO_ROOT))
+        execute_all(args.profile, only=args.only, verbose=True)
     else:
         build()
 

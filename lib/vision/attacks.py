@@ -38,7 +38,7 @@ PROFILES = {
     # this 2-core CPU in about an hour: width 2, CIFAR-10 cut to 20k images, fast recipe
     "quick": {"width": 2, "n_train": {"cifar10": 20000, "gtsrb": None}, "n_test": None,
               "epochs": {"cifar10": 6, "gtsrb": 4}, "recipe": FAST_RECIPE,
-              "rates": (0.005, 0.02, 0.1), "seeds": (0,)},
+              "rates": (0.001, 0.005, 0.02, 0.1), "seeds": (0,)},
     # the paper's settings (a GPU): width 10, all data, plain SGD lr 0.1, 25 epochs, 5 seeds
     "paper": {"width": 10, "n_train": {"cifar10": None, "gtsrb": None}, "n_test": None,
               "epochs": {"cifar10": 25, "gtsrb": 25}, "recipe": {},
