@@ -16,7 +16,7 @@ import torch
 import torch.nn.utils.prune as prune
 
 from ..metrics import accuracy, attack_success_rate
-from ..runcache import RunCache
+from ..runcache import RunCache, config_hash
 from .attacks import SCHEMA, attack_run, load_model
 from .datasets import load_dataset, subset, to_tensor
 from .poisoning import check_rate, triggered_test_set
@@ -88,17 +88,28 @@ def remove_masks(model) -> None:
 
 
 def fine_pruning_config(attack_config: dict, pruning_rate: float, persistent: bool = False,
-                        epochs: int = 5, n_activation: int = 10000, recipe: dict | None = None) -> dict:
+                        epochs: int = 5, n_activation: int = 10000, recipe: str = "training") -> dict:
     """A Fine-Pruning run of the model trained by ``attack_config``.
 
-    The default fine-tuning recipe is the authors': plain SGD, lr 0.1, batch 128.
+    ``recipe="training"`` fine-tunes with the recipe the model was trained with (as the authors
+    did: their model was trained, and fine-tuned, with plain SGD at lr 0.1); ``recipe="authors"``
+    with plain SGD at lr 0.1 whatever the training recipe. At ``paper`` the two are the same.
     """
+    if recipe == "training":
+        fine_tune = {**attack_config["recipe"], "epochs": epochs}
+    elif recipe == "authors":
+        fine_tune = Recipe(epochs=epochs).as_dict()
+    else:
+        raise ValueError(f"unknown fine-tuning recipe {recipe!r}; use 'training' or 'authors'")
     return {
         "schema": SCHEMA, "chapter": "pmoe-fine-pruning", "attack": attack_config,
         "pruning_rate": check_rate(pruning_rate), "persistent_mask": persistent,
-        "n_activation": n_activation,
-        "fine_tune": Recipe(epochs=epochs, **(recipe or {})).as_dict(),
+        "n_activation": n_activation, "fine_tune": fine_tune,
     }
+
+
+def uses_training_recipe(config: dict) -> bool:
+    return config["fine_tune"] == {**config["attack"]["recipe"], "epochs": config["fine_tune"]["epochs"]}
 
 
 def _measure(model, x_test, y_test, xt, yt, target) -> dict:
@@ -155,15 +166,14 @@ PROFILES = {"smoke": {"epochs": 1, "n_activation": 500},
 
 
 def fine_pruning_grid(attack_configs: list[dict], profile_name: str, rates=(0.1, 0.2, 0.3),
-                      persistent_too: bool = True, fine_tune_only: bool = True) -> list[dict]:
-    """The authors' Fine-Pruning at each rate, the persistent-mask variant, and fine-tuning alone."""
+                      mask_rates=(0.1,), authors_recipe_rates=(0.0, 0.1)) -> list[dict]:
+    """Fine-Pruning at each of ``rates`` and fine-tuning alone (rate 0), fine-tuned with the
+    training recipe; the persistent-mask variant at ``mask_rates``; and, where the training
+    recipe is not the authors', their plain-SGD fine-tuning at ``authors_recipe_rates``."""
     settings = PROFILES[profile_name]
     configs = []
     for attack in attack_configs:
-        for r in rates:
-            configs.append(fine_pruning_config(attack, r, **settings))
-            if persistent_too:
-                configs.append(fine_pruning_config(attack, r, persistent=True, **settings))
-        if fine_tune_only:
-            configs.append(fine_pruning_config(attack, 0.0, **settings))
-    return configs
+        configs += [fine_pruning_config(attack, r, **settings) for r in (*rates, 0.0)]
+        configs += [fine_pruning_config(attack, r, persistent=True, **settings) for r in mask_rates]
+        configs += [fine_pruning_config(attack, r, recipe="authors", **settings) for r in authors_recipe_rates]
+    return list({config_hash(c): c for c in configs}.values())  # at paper the recipes coincide

@@ -14,6 +14,7 @@ from ..reporting import mean_std
 from ..runcache import RunCache
 from .attacks import TRIGGERS, load_model
 from .datasets import load_dataset, subset, to_tensor
+from .fine_pruning import uses_training_recipe
 from .poisoning import triggered_test_set
 from .routing import patch_map_figure, patch_masks, patch_value_figure, routing_rates
 from .triggers import make_trigger
@@ -217,10 +218,11 @@ TABLE3_COLUMNS = ["pruning_rate", "stage", "ca", "asr", "paper_ca", "paper_asr"]
 def fine_pruning_table(runs) -> pd.DataFrame:
     """Table 3: CA and ASR before the defence, after pruning and after fine-tuning, per pruning rate.
 
-    The authors' variant (no mask) gives the stages ``before``, ``after_pruning`` and
-    ``after_fine_tuning``; the persistent-mask variant adds ``after_fine_tuning_with_mask`` and
-    fine-tuning alone (pruning rate 0) ``before`` and ``after_fine_tuning_only``.
-    Values are means over the runs (seeds) of each cell.
+    The authors' variant (no mask, fine-tuned with the training recipe) gives the stages
+    ``before``, ``after_pruning`` and ``after_fine_tuning``; the persistent-mask variant adds
+    ``after_fine_tuning_with_mask``; fine-tuning alone (pruning rate 0) ``before`` and
+    ``after_fine_tuning_only``; fine-tuning with the authors' plain SGD where the model was
+    trained otherwise, ``..._authors_recipe``. Values are means over the runs (seeds) of each cell.
     """
     rows = []
     for run in runs:
@@ -232,6 +234,8 @@ def fine_pruning_table(runs) -> pd.DataFrame:
             stages = {"after_fine_tuning": "after_fine_tuning_with_mask"}
         elif rate == 0:
             stages = {"before": "before", "after_fine_tuning": "after_fine_tuning_only"}
+        if not uses_training_recipe(c):
+            stages = {"after_fine_tuning": stages["after_fine_tuning"] + "_authors_recipe"}
         pruned = sum(m["pruned_per_expert"])
         still_zero = 100 * sum(m["pruned_still_zero_after_fine_tuning"]) / pruned if pruned else np.nan
         for key, stage in stages.items():
@@ -248,7 +252,8 @@ def fine_pruning_table(runs) -> pd.DataFrame:
              for r, by_stage in PAPER_TABLE3.items() for s, v in by_stage.items()]
     table = table.merge(pd.DataFrame(paper), on=["pruning_rate", "stage"], how="left")
     order = ["before", "after_pruning", "after_fine_tuning", "after_fine_tuning_with_mask",
-             "after_fine_tuning_only"]
+             "after_fine_tuning_only", "after_fine_tuning_authors_recipe",
+             "after_fine_tuning_only_authors_recipe"]
     table["_o"] = table.stage.map(order.index)
     table = table.sort_values(["pruning_rate", "_o"]).drop(columns="_o").reset_index(drop=True)
     return table[TABLE3_COLUMNS + ["ca_std", "asr_std", "experts_routing_trigger", "pruned_still_zero", "seeds"]]
@@ -324,7 +329,8 @@ def routing_rate_table(attack_configs: list[dict], cache=None) -> pd.DataFrame:
             continue
         for model_kind, model_cfg in (("clean", clean[(c["dataset"], c["arch"], c["seed"])]), ("poisoned", c)):
             config = {"schema": c["schema"], "chapter": "pmoe-routing-rates", "model": model_cfg,
-                      "trigger": c["trigger"], "trigger_params": c["trigger_params"], "patch": [0, 0]}
+                      "trigger": c["trigger"], "trigger_params": c["trigger_params"], "patch": [0, 0],
+                      "precision": "bf16"}
 
             def measure(cfg, model_cfg=model_cfg, c=c):
                 data = load_dataset(c["dataset"])

@@ -10,19 +10,23 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .training import default_device
+from .training import _autocast, _batch, default_device
 
 GRID, CELL = 8, 4
 
 
 @torch.no_grad()
-def patch_masks(model, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """Boolean (N, experts, 8, 8): True where the expert receives that patch."""
+def patch_masks(model, x: torch.Tensor, batch_size: int = 500, fast: bool = True) -> np.ndarray:
+    """Boolean (N, experts, 8, 8): True where the expert receives that patch.
+
+    ``fast`` routes under bf16 autocast, as the library trains and evaluates.
+    """
     device = default_device()
     model.eval().to(device)
     out = []
     for i in range(0, len(x), batch_size):
-        idx = model.route(x[i:i + batch_size].to(device)).cpu()  # (n, experts, k)
+        with _autocast(fast, device):
+            idx = model.route(_batch(x[i:i + batch_size], fast, device)).cpu()  # (n, experts, k)
         mask = torch.zeros(idx.shape[0], idx.shape[1], GRID * GRID, dtype=torch.bool)
         mask.scatter_(2, idx, True)
         out.append(mask.view(-1, idx.shape[1], GRID, GRID))
