@@ -67,7 +67,8 @@ def build(book_dir: Path = BOOK, config: Path = REPO_ROOT / "_config.yml",
     """Build the HTML book into ``book_dir/_build/html``; any warning fails the build."""
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(book_dir), "--config", str(config),
-           "--toc", str(toc or book_dir / "_toc.yml"), "-W", "-n", "--keep-going"]
+           "--toc", str(toc or book_dir / "_toc.yml"), "--path-output", str(book_dir),
+           "-W", "-n", "--keep-going"]
     subprocess.run(cmd, check=True)
 
 
