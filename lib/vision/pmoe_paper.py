@@ -58,12 +58,12 @@ def attack_table(results: pd.DataFrame, dataset: str, arch: str = "pmoe") -> pd.
     agg = ours.groupby(["trigger", "poison_rate"]).agg(
         asr=("asr", "mean"), ba=("ba", "mean"), cad=("cad", "mean"),
         asr_std=("asr", "std"), ba_std=("ba", "std"), cad_std=("cad", "std"),
-        seeds=("seed", "nunique")).reset_index()
+        clean_model_asr=("clean_model_asr", "mean"), seeds=("seed", "nunique")).reset_index()
     table = agg.merge(paper_table(dataset), on=["trigger", "poison_rate"], how="outer")
     table["seeds"] = table["seeds"].fillna(0).astype(int)
     order = {t: i for i, t in enumerate(TRIGGERS)}
     table = table.sort_values(["trigger", "poison_rate"], key=lambda s: s.map(order) if s.name == "trigger" else s)
-    return table[COLUMNS + ["asr_std", "ba_std", "cad_std", "seeds"]].reset_index(drop=True)
+    return table[COLUMNS + ["asr_std", "ba_std", "cad_std", "clean_model_asr", "seeds"]].reset_index(drop=True)
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -195,8 +195,14 @@ def claims_table(tables: dict[str, pd.DataFrame], results: pd.DataFrame) -> pd.D
         small = sorted(r for r in ran[ran.trigger == "warp"].poison_rate if r <= 2)
         pairs = [(at(table, "warp", r), at(table, "square", r)) for r in small]
         rows.append((name, "warp ASR below square at every rate ≤ 2 %",
-                     "yes", ", ".join(f"{r:g} %: {w:.1f} < {s:.1f}" for r, (w, s) in zip(small, pairs)),
+                     "yes", ", ".join(f"{r:g} %: {w:.1f} vs {s:.1f}" for r, (w, s) in zip(small, pairs)),
                      bool(pairs) and all(w < s for w, s in pairs)))
+        # the same, counting only ASR above what the clean model already gives
+        gains = [(at(table, "warp", r) - at(table, "warp", r, "clean_model_asr"),
+                  at(table, "square", r) - at(table, "square", r, "clean_model_asr")) for r in small]
+        rows.append((name, "… and its gain over the clean model's ASR below square's", "yes",
+                     ", ".join(f"{r:g} %: {w:+.1f} vs {s:+.1f}" for r, (w, s) in zip(small, gains)),
+                     bool(gains) and all(w < s for w, s in gains)))
         warp = ran[ran.trigger == "warp"].sort_values("poison_rate")
         rows.append((name, "warp ASR grows with the poison rate", "yes",
                      " → ".join(f"{a:.1f}" for a in warp.asr), bool(np.all(np.diff(warp.asr) >= 0))))
