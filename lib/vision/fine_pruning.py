@@ -166,7 +166,7 @@ PROFILES = {"smoke": {"epochs": 1, "n_activation": 500},
 
 
 def fine_pruning_grid(attack_configs: list[dict], profile_name: str, rates=(0.1, 0.2, 0.3),
-                      mask_rates=(0.1,), authors_recipe_rates=(0.0, 0.1)) -> list[dict]:
+                      mask_rates=(0.1,), authors_recipe_rates=(0.0,)) -> list[dict]:
     """Fine-Pruning at each of ``rates`` and fine-tuning alone (rate 0), fine-tuned with the
     training recipe; the persistent-mask variant at ``mask_rates``; and, where the training
     recipe is not the authors', their plain-SGD fine-tuning at ``authors_recipe_rates``."""
