@@ -76,7 +76,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     return out.set_index(["trigger", "poison rate %"])
 
 
-def figure2_triggers(n_images: int = 1, seed: int = 0, warp_variant: str = "authors",
+def figure2_triggers(seed: int = 0, warp_variant: str = "authors",
                      indices: dict | None = None):
     """Figure 2: each trigger on a CIFAR-10 and a GTSRB test image.
 
