@@ -82,9 +82,24 @@ def attack_config(profile_name: str, dataset: str, trigger: str | None, rate: fl
     }
 
 
-def _test_tensors(config: dict, data):
+def train_tensors(config: dict):
+    """The run's clean training images and labels (its subset of the training set)."""
+    data = load_dataset(config["dataset"])
+    x, y = subset(data.x_train, data.y_train, config["n_train"], seed=config["seed"])
+    return to_tensor(x), torch.from_numpy(y)
+
+
+def test_tensors(config: dict):
+    """The run's clean test images and labels."""
+    data = load_dataset(config["dataset"])
     x, y = subset(data.x_test, data.y_test, config["n_test"], seed=1000 + config["seed"])
     return to_tensor(x), torch.from_numpy(y)
+
+
+def run_trigger(config: dict, name: str | None = None, params: dict | None = None):
+    """The run's trigger (or another, by name), rebuilt exactly from the run's seed."""
+    return make_trigger(name or config["trigger"], seed=config["seed"],
+                        **(params if params is not None else config["trigger_params"]))
 
 
 def run_attack(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
@@ -94,12 +109,11 @@ def run_attack(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
     """
     seed = config["seed"]
     data = load_dataset(config["dataset"])
-    x, y = subset(data.x_train, data.y_train, config["n_train"], seed=seed)
-    x, y = to_tensor(x), torch.from_numpy(y)
-    x_test, y_test = _test_tensors(config, data)
+    x, y = train_tensors(config)
+    x_test, y_test = test_tensors(config)
     tensors, metrics = {}, {"n_train": len(y), "n_test": len(y_test)}
     if config["trigger"]:
-        trig = make_trigger(config["trigger"], seed=seed, **config["trigger_params"])
+        trig = run_trigger(config)
         poisoned = poison_training_set(x, y, trig, config["poison_rate"], config["target"],
                                        seed=seed, cross_ratio=config["cross_ratio"])
         x, y = poisoned.x, poisoned.y
@@ -115,8 +129,7 @@ def run_attack(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
     names = [config["trigger"]] if config["trigger"] else list(TRIGGERS)
     metrics["asr_by_trigger"] = {}
     for name in names:
-        params = config["trigger_params"] if config["trigger"] else TRIGGER_DEFAULTS[name]
-        trig = make_trigger(name, seed=seed, **params)
+        trig = run_trigger(config, name, None if config["trigger"] else TRIGGER_DEFAULTS[name])
         xt, yt = triggered_test_set(x_test, y_test, trig, config["target"])
         metrics["asr_by_trigger"][name] = attack_success_rate(predict(model, xt), yt.numpy(),
                                                               config["target"])

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 import torch.nn.utils.prune as prune
 
 from ..metrics import accuracy, attack_success_rate
 from ..runcache import RunCache, config_hash
-from .attacks import SCHEMA, attack_run, load_model
-from .datasets import load_dataset, subset, to_tensor
+from .attacks import SCHEMA, attack_run, load_model, run_trigger, test_tensors, train_tensors
+from .datasets import load_dataset
 from .poisoning import check_rate, triggered_test_set
 from .routing import patch_masks, routing_rates
 from .training import Recipe, _autocast, default_device, predict, train
-from .triggers import make_trigger
 
 STAGES = ("before", "after_pruning", "after_fine_tuning")
 
@@ -122,13 +120,9 @@ def run_fine_pruning(config: dict, cache: RunCache | None = None) -> tuple[dict,
     base = attack_run(attack, cache)  # trained by chapter 1, or now
     data = load_dataset(attack["dataset"])
     seed = attack["seed"]
-    # the attacked model's own training images, clean (the defender's clean data)
-    x, y = subset(data.x_train, data.y_train, attack["n_train"], seed=seed)
-    x, y = to_tensor(x), torch.from_numpy(y)
-    xte, yte = subset(data.x_test, data.y_test, attack["n_test"], seed=1000 + seed)
-    x_test, y_test = to_tensor(xte), torch.from_numpy(yte)
-    trig = make_trigger(attack["trigger"], seed=seed, **attack["trigger_params"])
-    xt, yt = triggered_test_set(x_test, y_test, trig, attack["target"])
+    x, y = train_tensors(attack)  # the attacked run's own images, clean: the defender's data
+    x_test, y_test = test_tensors(attack)
+    xt, yt = triggered_test_set(x_test, y_test, run_trigger(attack), attack["target"])
     yte, yt = y_test.numpy(), yt.numpy()
 
     model = load_model(base, data.num_classes)

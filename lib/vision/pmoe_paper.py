@@ -8,12 +8,11 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
 from ..reporting import mean_std
 from ..runcache import RunCache
-from .attacks import TRIGGERS, load_model
-from .datasets import load_dataset, subset, to_tensor
+from .attacks import TRIGGERS, load_model, run_trigger, test_tensors
+from .datasets import load_dataset, to_tensor
 from .fine_pruning import uses_training_recipe
 from .poisoning import triggered_test_set
 from .routing import patch_map_figure, patch_masks, patch_value_figure, routing_rates
@@ -339,11 +338,8 @@ def routing_rate_table(attack_configs: list[dict], cache=None) -> pd.DataFrame:
                       "precision": "bf16"}
 
             def measure(cfg, model_cfg=model_cfg, c=c):
-                data = load_dataset(c["dataset"])
-                model = load_model(cache.load(model_cfg), data.num_classes)
-                xte, yte = subset(data.x_test, data.y_test, c["n_test"], seed=1000 + c["seed"])
-                trig = make_trigger(c["trigger"], seed=c["seed"], **c["trigger_params"])
-                xt, _ = triggered_test_set(to_tensor(xte), torch.from_numpy(yte), trig, c["target"])
+                model = load_model(cache.load(model_cfg), load_dataset(c["dataset"]).num_classes)
+                xt, _ = triggered_test_set(*test_tensors(c), run_trigger(c), c["target"])
                 return routing_rates(patch_masks(model, xt)), {}
 
             m = cache.get_or_run(config, measure).metrics
