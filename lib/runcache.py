@@ -22,9 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
-
-from . import paths
+from . import executors, paths, progress
 
 Tensors = dict[str, torch.Tensor]
 RunFn = Callable[[dict], "tuple[dict, Tensors]"]
@@ -85,14 +83,26 @@ class RunCache:
         metrics, tensors = fn(config)
         return self.save(config, metrics, tensors)
 
-    def sweep(self, configs: Iterable[dict], fn: RunFn, force: bool = False,
-              desc: str = "runs") -> list[Run]:
-        """Run every configuration, skipping those already cached."""
+    def sweep(self, configs: Iterable[dict], fn: RunFn, force: bool = False, desc: str = "runs",
+              label: Callable[[dict], str] | None = None, executor=None) -> list[Run]:
+        """Run every configuration missing from the cache, then load them all, in order.
+
+        The missing runs go to ``executor`` (a name or an object; default ``MOEBD_EXECUTOR``,
+        else ``local``: see :mod:`moebackdoor.executors`). ``label`` names a run in progress reports.
+        """
         configs = list(configs)
-        todo = sum(force or not self.has(c) for c in configs)
-        runs = []
-        with tqdm(total=len(configs), desc=f"{desc} ({todo} to train)") as bar:
-            for config in configs:
-                runs.append(self.get_or_run(config, fn, force))
-                bar.update()
-        return runs
+        todo = list({config_hash(c): c for c in configs if force or not self.has(c)}.values())
+        ex = executors.resolve(executor)
+        progress.emit("sweep", desc=desc, total=len(configs), todo=len(todo))
+        try:
+            ex.run(self, todo, fn, label or default_label)
+        finally:
+            progress.emit("sweep_done")
+        return [self.load(c) for c in configs]
+
+
+def default_label(config: dict) -> str:
+    """A short name for a run: its configuration hash, after a few telling entries when present."""
+    keys = ("chapter", "dataset", "trigger", "poison_rate", "seed")
+    parts = [f"{k}={config[k]}" for k in keys if config.get(k) is not None]
+    return " ".join(parts + [config_hash(config)[:8]])

@@ -140,6 +140,13 @@ def run_attack(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
     return metrics, tensors
 
 
+def run_label(config: dict) -> str:
+    """How progress reports name a run: ``cifar10 square 2% seed 0``."""
+    poison = f" {config['poison_rate'] * 100:g}%" if config["trigger"] else ""
+    arch = "" if config["arch"] == "pmoe" else f" {config['arch']}"
+    return f"{config['dataset']}{arch} {config['trigger'] or 'clean'}{poison} seed {config['seed']}"
+
+
 def attack_run(config: dict, cache: RunCache | None = None, force: bool = False):
     return (cache or RunCache()).get_or_run(config, run_attack, force)
 
@@ -185,7 +192,7 @@ def attack_grid(profile_name: str, datasets=DATASETS, triggers=TRIGGERS, rates=N
 def attack_results(configs: list[dict], cache: RunCache | None = None, force: bool = False) -> pd.DataFrame:
     """Run (or load) every configuration; one row per run with ASR, BA and CAD in percent."""
     cache = cache or RunCache()
-    runs = cache.sweep(configs, run_attack, force, desc="pMoE attack runs")
+    runs = cache.sweep(configs, run_attack, force, desc="pMoE attack runs", label=run_label)
     clean = {(r.config["dataset"], r.config["arch"], r.config["seed"]): r.metrics
              for r in runs if r.config["trigger"] is None}
     rows = []

@@ -16,7 +16,7 @@ import torch.nn.utils.prune as prune
 
 from ..metrics import accuracy, attack_success_rate
 from ..runcache import RunCache, config_hash
-from .attacks import SCHEMA, attack_run, load_model, run_trigger, test_tensors, train_tensors
+from .attacks import SCHEMA, attack_run, load_model, run_label, run_trigger, test_tensors, train_tensors
 from .datasets import load_dataset
 from .poisoning import check_rate, triggered_test_set
 from .routing import patch_masks, routing_rates
@@ -150,7 +150,8 @@ def run_fine_pruning(config: dict, cache: RunCache | None = None) -> tuple[dict,
 
 def fine_pruning_results(configs: list[dict], cache: RunCache | None = None, force: bool = False):
     cache = cache or RunCache()
-    return cache.sweep(configs, lambda c: run_fine_pruning(c, cache), force, desc="Fine-Pruning runs")
+    return cache.sweep(configs, lambda c: run_fine_pruning(c, cache), force, desc="Fine-Pruning runs",
+                       label=lambda c: f"Fine-Pruning {c['pruning_rate'] * 100:g}% of {run_label(c['attack'])}")
 
 
 # Fine-tuning epochs and clean images for the activation means, per profile

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from ..progress import Bar
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, se
     model.train()
     history = {"loss": [], "train_acc": []}
     step, seen, start = 0, 0, time.perf_counter()
-    bar = tqdm(total=total, desc="training", disable=not progress, mininterval=5, leave=False)
+    bar = Bar(total, "training", disable=not progress)
     for _ in range(recipe.epochs):
         perm = torch.randperm(n, generator=g)
         loss_sum, correct, epoch_seen = 0.0, 0, 0
