@@ -1,65 +1,262 @@
 """Execute the chapters with papermill and build the book with Jupyter Book 1.x.
 
-    python -m moebackdoor.book execute --profile quick   # notebooks/*.md -> book/chapters/*.ipynb
+    python -m moebackdoor.book execute --profile quick   # every chapter, then the summary pages
+    python -m moebackdoor.book run pmoe_attacks -p seeds "[0, 1]"   # one chapter, new parameters
     python -m moebackdoor.book build                     # book/ -> book/_build/html, warnings as errors
+
+The chapters are the notebooks of ``book/_toc.yml`` (jupytext MyST files in ``notebooks/``),
+executed in its order; the summary pages (landing page, reproducibility report, performance
+appendix) read the chapters' outputs and are executed after them. While a chapter runs, the
+terminal shows which run is training, with bars and the time left (:mod:`moebackdoor.progress`).
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import yaml
+
+from . import paths
+from .params import ParameterError, check_choice, check_choices
 from .paths import REPO_ROOT
+from .progress import ENV as PROGRESS_ENV, Monitor
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
+EXPERIMENTS = REPO_ROOT / "experiments"
 PROFILES = ("smoke", "quick", "paper")
+# pages that summarise the chapters' outputs: executed after every chapter, in this order
+SUMMARY_PAGES = ("reproducibility", "performance", "intro")
+
+
+def toc_stems(toc: Path = BOOK / "_toc.yml") -> list[str]:
+    """The executed notebooks named in the table of contents (``chapters/<stem>``), in order."""
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("root", "file") and str(value).startswith("chapters/"):
+                    yield str(value).split("/", 1)[1]
+                else:
+                    yield from walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from walk(item)
+    return list(dict.fromkeys(walk(yaml.safe_load(toc.read_text()))))
 
 
 def chapter_sources() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("*.md"))
+    """The chapters (not the summary pages), in the book's order."""
+    return [NOTEBOOKS / f"{s}.md" for s in toc_stems() if s not in SUMMARY_PAGES]
 
 
-def execute_notebook(source: Path, out_dir: Path, parameters: dict | None = None) -> Path:
+def summary_sources() -> list[Path]:
+    return [NOTEBOOKS / f"{s}.md" for s in SUMMARY_PAGES]
+
+
+def parameters_of(source: Path) -> dict[str, dict]:
+    """A notebook's parameters: name -> {"default": source text, "help": the line's comment}."""
+    import jupytext
+
+    cells = [c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", [])]
+    if not cells:
+        return {}
+    code = cells[0].source
+    lines = code.splitlines()
+    found = {}
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            line = lines[node.end_lineno - 1]
+            comment = line.split("#", 1)[1].strip() if "#" in line[node.end_col_offset:] else ""
+            found[node.targets[0].id] = {"default": ast.get_source_segment(code, node.value), "help": comment}
+    return found
+
+
+def check_parameters(source: Path, parameters: dict) -> None:
+    """Refuse a notebook without a ``parameters`` cell, or a parameter it does not have
+    (papermill would only warn, and the notebook's defaults would silently win)."""
+    known = parameters_of(source)
+    if not known:
+        raise ValueError(f"{source} has no cell tagged 'parameters'; papermill cannot set its parameters")
+    for name in parameters:
+        if name not in known:
+            raise ParameterError(name, f"one of the parameters of {source.stem}: {', '.join(known)}",
+                                 parameters[name])
+
+
+def _kernel_manager(socket_dir: str):
+    """A kernel manager talking to its kernel over IPC sockets in ``socket_dir`` (not plain TCP)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+        @default("ip")
+        def _ip_default(self):
+            return os.path.join(socket_dir, "kernel")
+    return IPCKernelManager
+
+
+@contextlib.contextmanager
+def _environ(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def execute_notebook(source: Path, out_dir: Path, parameters: dict | None = None,
+                     progress_file: Path | None = None) -> Path:
     """Run one jupytext notebook through papermill into ``out_dir/<name>.ipynb``.
 
-    A notebook without a cell tagged ``parameters`` is refused: papermill would
-    only warn, and the notebook's defaults would silently win.
+    The output appears only once the whole notebook has run; a notebook that fails is kept
+    as ``<name>.failed.ipynb``. ``progress_file`` receives the progress events of the runs
+    the notebook trains (see :class:`moebackdoor.progress.Monitor`).
     """
     import jupytext
     import papermill as pm
 
-    nb = jupytext.read(source)
-    if not any("parameters" in c.metadata.get("tags", []) for c in nb.cells):
-        raise ValueError(f"{source} has no cell tagged 'parameters'; papermill cannot set its parameters")
+    parameters = parameters or {}
+    check_parameters(source, parameters)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{source.stem}.ipynb"
     tmp = out_dir / f".{source.stem}-{uuid.uuid4().hex[:8]}.ipynb"
+    env = {"PYDEVD_DISABLE_FILE_VALIDATION": 1, **({PROGRESS_ENV: progress_file} if progress_file else {})}
     try:
-        pm.execute_notebook(nb, str(tmp), parameters=parameters or {}, kernel_name="python3",
-                            cwd=str(NOTEBOOKS), progress_bar=False)
+        with tempfile.TemporaryDirectory(prefix="moebd-kernel-") as sockets, _environ(**env):
+            pm.execute_notebook(jupytext.read(source), str(tmp), parameters=parameters,
+                                kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
+                                kernel_manager_class=_kernel_manager(sockets))
         os.replace(tmp, out)
+    except pm.PapermillExecutionError:
+        if tmp.exists():
+            os.replace(tmp, out_dir / f"{source.stem}.failed.ipynb")
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return out
 
 
+def machine() -> dict:
+    """What this process runs on, for the landing page and the benchmarks."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def machine_text(m: dict) -> str:
+    return f"{m['cores']}-core CPU ({m['cpu']})" + (f", {m['gpu']}" if m["gpu"] else ", no GPU")
+
+
+def record_build(source: Path, parameters: dict, seconds: float, started: float) -> Path:
+    """Note when, at which profile and on what machine a chapter was executed (for the landing page)."""
+    title = next((line[2:].strip() for line in source.read_text().splitlines() if line.startswith("# ")),
+                 source.stem)
+    record = {"chapter": source.stem, "title": title, "profile": parameters.get("profile"),
+              "parameters": parameters, "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
+              "wall_seconds": round(seconds, 1), "machine": machine()}
+    path = paths.builds_dir() / f"{source.stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def _execute_with_report(source: Path, out_dir: Path, parameters: dict, step: str, record: bool) -> Path:
+    print(f"{step} {source.stem}" + (f" at {parameters['profile']}" if "profile" in parameters else ""),
+          file=sys.stderr, flush=True)
+    started, start = time.time(), time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="moebd-progress-") as scratch:
+        monitor = Monitor(Path(scratch) / "progress.jsonl")
+        monitor.start()
+        try:
+            out = execute_notebook(source, out_dir, parameters, progress_file=monitor.path)
+        except KeyboardInterrupt:
+            monitor.stop()
+            print(f"\nInterrupted during {source.stem}. Every finished run is kept in {paths.runs_dir()} "
+                  f"({monitor.finished_runs} trained in this chapter before the interruption) and no "
+                  "half-written run or page is left; run the same command again to resume: only the "
+                  "missing runs are trained.", file=sys.stderr, flush=True)
+            raise
+        finally:
+            monitor.stop()
+    seconds = time.perf_counter() - start
+    if record:
+        record_build(source, parameters, seconds, started)
+    print(f"  done: {source.stem} in {_duration(seconds)} -> {out}", file=sys.stderr, flush=True)
+    return out
+
+
 def execute_all(profile: str, out_dir: Path = BOOK / "chapters", only: list[str] | None = None,
                 verbose: bool = False) -> list[Path]:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-    sources = [s for s in chapter_sources() if not only or s.stem in only]
+    """Execute the chapters (all, or those named in ``only``) at ``profile``, then the summary pages."""
+    check_choice("profile", profile, PROFILES)
+    sources = chapter_sources()
+    if only:
+        check_choices("only", only, [s.stem for s in sources])
+        sources = [s for s in sources if s.stem in only]
+    pages = summary_sources()
     done = []
-    for source in sources:
-        start = time.perf_counter()
-        done.append(execute_notebook(source, out_dir, {"profile": profile}))
-        if verbose:
-            print(f"executed {source.name} at {profile} in {time.perf_counter() - start:.0f} s", flush=True)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(sys.stderr if verbose else quiet):
+        for i, source in enumerate(sources + pages, 1):
+            params = {"profile": profile} if source in sources else {}
+            done.append(_execute_with_report(source, out_dir, params, f"[{i}/{len(sources) + len(pages)}]",
+                                             record=source in sources))
     return done
+
+
+def run_experiment(chapter: str, parameters: dict, out_dir: Path | None = None,
+                   publish: bool = False) -> Path:
+    """Re-execute one chapter with new parameters.
+
+    The notebook and its tables and figures go to ``experiments/<chapter>-<time>/`` (or
+    ``out_dir``), so the published chapter is untouched; ``publish`` writes them into the book
+    instead. Runs come from the shared run cache: only missing ones are trained.
+    """
+    stems = [s.stem for s in chapter_sources()]
+    check_choice("chapter", chapter, stems)
+    source = NOTEBOOKS / f"{chapter}.md"
+    check_parameters(source, parameters)
+    if publish:
+        return _execute_with_report(source, BOOK / "chapters", parameters, "[1/1]", record=True)
+    out_dir = Path(out_dir or EXPERIMENTS / f"{chapter}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    with _environ(MOEBD_OUTPUT_DIR=out_dir / "generated"):
+        out = _execute_with_report(source, out_dir, parameters, "[1/1]", record=False)
+    print(f"  tables and figures of this experiment: {out_dir / 'generated'}", file=sys.stderr)
+    return out
 
 
 def build(book_dir: Path = BOOK, config: Path = REPO_ROOT / "_config.yml",
@@ -72,18 +269,50 @@ def build(book_dir: Path = BOOK, config: Path = REPO_ROOT / "_config.yml",
     subprocess.run(cmd, check=True)
 
 
+def _parse_value(text: str):
+    """A command-line value as papermill reads ``-p``: YAML (numbers, lists, None/null, booleans)."""
+    value = yaml.safe_load(text)
+    return None if value == "None" else value
+
+
 def main(argv=None):
+    from papermill.exceptions import PapermillExecutionError
+
     parser = argparse.ArgumentParser(prog="python -m moebackdoor.book")
     sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("execute", help="execute every chapter at a profile")
+    ex = sub.add_parser("execute", help="execute every chapter at a profile, then the summary pages")
     ex.add_argument("--profile", default="quick", choices=PROFILES)
     ex.add_argument("--only", nargs="*", help="chapter names (file stems) to execute")
+    run = sub.add_parser("run", help="re-execute one chapter with new parameters")
+    run.add_argument("chapter", help=f"a chapter: {', '.join(s.stem for s in chapter_sources())}")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter and its value (YAML: 0.02, [0, 1], None, true)")
+    run.add_argument("-y", "--yaml", action="append", default=[], help="parameters as a YAML mapping")
+    run.add_argument("--out", type=Path, help="output folder (default experiments/<chapter>-<time>/)")
+    run.add_argument("--publish", action="store_true", help="write into the book instead of a separate folder")
     sub.add_parser("build", help="build the HTML book")
     args = parser.parse_args(argv)
-    if args.command == "execute":
-        execute_all(args.profile, only=args.only, verbose=True)
-    else:
-        build()
+    try:
+        if args.command == "execute":
+            execute_all(args.profile, only=args.only, verbose=True)
+        elif args.command == "run":
+            parameters = {}
+            for text in args.yaml:
+                mapping = yaml.safe_load(text)
+                if not isinstance(mapping, dict):
+                    parser.error(f"-y expects a YAML mapping, got {text!r}")
+                parameters.update(mapping)
+            parameters.update({k: _parse_value(v) for k, v in args.parameter})
+            run_experiment(args.chapter, parameters, args.out, args.publish)
+        else:
+            build()
+    except ParameterError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    except PapermillExecutionError as exc:
+        parser.exit(1, f"error: a chapter stopped with {exc.ename}: {exc.evalue}\n"
+                       "(the failed notebook is kept beside the output as <chapter>.failed.ipynb)\n")
+    except KeyboardInterrupt:
+        parser.exit(130)
 
 
 if __name__ == "__main__":

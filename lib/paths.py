@@ -41,3 +41,8 @@ def tables_dir() -> Path:
 
 def figures_dir() -> Path:
     return output_dir() / "figures"
+
+
+def builds_dir() -> Path:
+    """One JSON record per executed chapter: profile, time, machine, wall time."""
+    return output_dir() / "builds"

@@ -57,9 +57,9 @@ class Monitor(threading.Thread):
     """Follow a progress file and draw it on the terminal: one bar over the runs of the current
     sweep (with the time left) and one over the steps of the run that is training."""
 
-    def __init__(self, path: Path, stream=sys.stderr, poll_s: float = 0.5):
+    def __init__(self, path: Path, stream=None, poll_s: float = 0.5):
         super().__init__(daemon=True)
-        self.path, self.stream, self.poll_s = Path(path), stream, poll_s
+        self.path, self.stream, self.poll_s = Path(path), stream or sys.stderr, poll_s
         self.finished_runs = 0  # trained and saved while this monitor watched
         self._stop = threading.Event()
         self._runs = self._steps = None
@@ -80,8 +80,10 @@ class Monitor(threading.Thread):
         self._close_bars()
 
     def stop(self) -> None:
+        """Draw what is left in the file, then end (safe to call twice)."""
         self._stop.set()
-        self.join()
+        if self.is_alive():
+            self.join()
 
     def _bar(self, total, desc, position):
         return tqdm(total=total, desc=desc, file=self.stream, position=position, leave=position == 0,

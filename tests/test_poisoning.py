@@ -33,7 +33,7 @@ def test_poison_is_drawn_from_all_classes_and_is_seeded():
 @pytest.mark.parametrize("rate", [1.5, -0.1, "0.02", None, True])
 def test_bad_poison_rates_fail_fast(rate):
     x, y = _data(20)
-    with pytest.raises(ValueError, match=r"poison rate must be a fraction in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"parameter `poison_rate`: expected a fraction in \[0, 1\]"):
         poison_training_set(x, y, make_trigger("square"), rate)
 
 

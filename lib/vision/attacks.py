@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 
 from ..metrics import accuracy, attack_success_rate, clean_accuracy_drop
+from ..params import ParameterError, check_bool, check_choice, check_choices, check_int, check_list, check_optional_int
 from ..runcache import RunCache
-from .datasets import load_dataset, subset, to_tensor
+from .datasets import SIZES, load_dataset, subset, to_tensor
 from .models import build_model
 from .poisoning import check_rate, poison_training_set, triggered_test_set
 from .triggers import DEFAULTS as TRIGGER_DEFAULTS, make_trigger, trigger_params
@@ -47,9 +48,7 @@ PROFILES = {
 
 
 def profile(name: str) -> dict:
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    return copy.deepcopy(PROFILES[name])
+    return copy.deepcopy(PROFILES[check_choice("profile", name, PROFILES)])
 
 
 def attack_config(profile_name: str, dataset: str, trigger: str | None, rate: float, seed: int,
@@ -61,20 +60,25 @@ def attack_config(profile_name: str, dataset: str, trigger: str | None, rate: fl
     """
     p = profile(profile_name)
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+        raise ParameterError("dataset", f"one of {list(DATASETS)}", dataset)
     rate = check_rate(rate)
     if trigger is None and rate:
         raise ValueError("a clean run (trigger=None) must have poison rate 0")
     unknown = set(overrides) - {"width", "n_train", "epochs", "n_test"}
     if unknown:
-        raise ValueError(f"unknown setting(s) {sorted(unknown)}")
-    n_train = overrides.get("n_train", p["n_train"][dataset])
-    epochs = overrides.get("epochs", p["epochs"][dataset])
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; accepted: width, n_train, epochs, n_test")
+    n_train_max, n_test_max, n_classes = SIZES[dataset]
+    check_int("seed", seed)
+    check_int("target", target, 0, n_classes - 1)
+    check_int("width", overrides.get("width", p["width"]), 1)
+    n_train = check_optional_int("n_train", overrides.get("n_train", p["n_train"][dataset]), 1, n_train_max)
+    n_test = check_optional_int("n_test", overrides.get("n_test", p["n_test"]), 1, n_test_max)
+    epochs = check_int("epochs", overrides.get("epochs", p["epochs"][dataset]), 1)
     recipe = Recipe(epochs=epochs, **p["recipe"]).as_dict()
     return {
         "schema": SCHEMA, "chapter": "pmoe-attacks", "profile": profile_name,
         "dataset": dataset, "arch": arch, "width": overrides.get("width", p["width"]),
-        "n_train": n_train, "n_test": overrides.get("n_test", p["n_test"]),
+        "n_train": n_train, "n_test": n_test,
         "trigger": trigger,
         "trigger_params": trigger_params(trigger, **(trigger_overrides or {})) if trigger else None,
         "poison_rate": rate, "cross_ratio": cross_ratio, "target": target, "seed": seed,
@@ -169,8 +173,11 @@ def attack_grid(profile_name: str, datasets=DATASETS, triggers=TRIGGERS, rates=N
     ``wanet_noise_mode`` adds WaNet's noise-mode samples (cross ratio 2) to the original WaNet warp.
     """
     p = profile(profile_name)
-    rates = p["rates"] if rates is None else rates
-    seeds = p["seeds"] if seeds is None else seeds
+    rates = p["rates"] if rates is None else check_list("poison_rates", rates, check_rate)
+    seeds = p["seeds"] if seeds is None else check_list("seeds", seeds, check_int)
+    check_choices("datasets", datasets, DATASETS)
+    check_choices("triggers", triggers, TRIGGERS)
+    check_bool("wanet_noise_mode", wanet_noise_mode)
     trigger_overrides = trigger_overrides or {}
     for t in list(triggers) + list(trigger_overrides):
         trigger_params(t, **trigger_overrides.get(t, {}))  # fail fast on a bad trigger

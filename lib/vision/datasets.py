@@ -25,6 +25,8 @@ SOURCES = {
     "cifar10": ("cifar10/cifar10_jpeg.npz", "jpeg", "class_names"),
     "gtsrb": ("gtsrb/gtsrb32_png.npz", "png", "class_folder_names"),
 }
+# images in the offline archives (train, test) and classes: checked on load, used to validate settings
+SIZES = {"cifar10": (50000, 10000, 10), "gtsrb": (25087, 7949, 43)}
 
 
 @dataclass
@@ -63,6 +65,9 @@ def load_dataset(name: str) -> ImageDataset:
 @functools.lru_cache(maxsize=4)
 def _load(name: str, data_root, cache_root) -> ImageDataset:
     data = _read_or_decode(name)
+    if (len(data.y_train), len(data.y_test), data.num_classes) != SIZES[name]:
+        raise ValueError(f"the {name} archive holds {len(data.y_train)} / {len(data.y_test)} images and "
+                         f"{data.num_classes} classes, not the expected {SIZES[name]}")
     for arr in (data.x_train, data.y_train, data.x_test, data.y_test):
         arr.setflags(write=False)
     return data

@@ -57,7 +57,7 @@ def expert_channel_means(model, x: torch.Tensor, batch_size: int = 500) -> list[
 
 def pruning_plan(means: list[torch.Tensor], rate: float) -> list[torch.Tensor]:
     """Per layer, the channels to prune: the ``int(rate * C)`` lowest means."""
-    rate = check_rate(rate)
+    rate = check_rate(rate, "pruning_rate")
     return [torch.argsort(m)[: int(rate * len(m))] for m in means]
 
 
@@ -101,7 +101,7 @@ def fine_pruning_config(attack_config: dict, pruning_rate: float, persistent: bo
         raise ValueError(f"unknown fine-tuning recipe {recipe!r}; use 'training' or 'authors'")
     return {
         "schema": SCHEMA, "chapter": "pmoe-fine-pruning", "attack": attack_config,
-        "pruning_rate": check_rate(pruning_rate), "persistent_mask": persistent,
+        "pruning_rate": check_rate(pruning_rate, "pruning_rate"), "persistent_mask": persistent,
         "n_activation": n_activation, "fine_tune": fine_tune,
     }
 

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Real
 
 import numpy as np
 import torch
 
+from ..params import check_fraction
 from .triggers import Trigger, WarpTrigger
 
 
-def check_rate(rate) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, Real) or not 0 <= rate <= 1:
-        raise ValueError(f"poison rate must be a fraction in [0, 1] (0.02 for 2 %), got {rate!r}")
-    return float(rate)
+def check_rate(rate, name: str = "poison_rate") -> float:
+    return check_fraction(name, rate, "a fraction in [0, 1] (0.02 for 2 %)")
 
 
 @dataclass
