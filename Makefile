@@ -1,13 +1,17 @@
 # make book   execute every chapter at PROFILE (smoke | quick | paper) and build the HTML book
 # make test   run the test suite (unit tests, every notebook at smoke, the book build)
-# make bench  measure training speed of the pMoE model
+# make bench  measure training speed of the pMoE model (the performance appendix reads it)
+# make run NB=<chapter> ARGS='-p key value ...'   re-execute one chapter with new parameters
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= quick
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# MathJax, served from the book's own files so that formulas render offline
+MATHJAX := book/_static/mathjax/tex-svg.js
+MATHJAX_VERSION := 3.2.2
 
-.PHONY: book test bench venv clean
+.PHONY: book test bench run venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +22,26 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-book: $(STAMP)
+$(MATHJAX):
+	mkdir -p $(@D)
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null \
+	  && tar -xzf mathjax-$(MATHJAX_VERSION).tgz package/es5/tex-svg.js \
+	  && mv package/es5/tex-svg.js $(CURDIR)/$@ && rm -rf $$tmp
+
+book: $(STAMP) $(MATHJAX)
 	$(PY) -m moebackdoor.book execute --profile $(PROFILE)
 	$(PY) -m moebackdoor.book build
 	@echo "The book is in book/_build/html/index.html"
 
-test: $(STAMP)
+test: $(STAMP) $(MATHJAX)
 	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) -m moebackdoor.vision.bench
+
+run: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make run NB=<chapter> ARGS='-p key value ...'"; exit 2; }
+	$(PY) -m moebackdoor.book run $(NB) $(ARGS)
 
 clean:
 	rm -rf book/_build book/chapters

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from . import paths
+from . import machine, paths
 from .params import ParameterError, check_choice, check_choices
 from .paths import REPO_ROOT
 from .progress import ENV as PROGRESS_ENV, Monitor
@@ -80,11 +80,21 @@ def parameters_of(source: Path) -> dict[str, dict]:
     return found
 
 
+def parameter_table(chapter: str, values: dict) -> "pd.DataFrame":
+    """A chapter's parameters as its first section lists them: the value this page ran with,
+    the default, and what the parameter does (the comment beside it in the parameters cell)."""
+    import pandas as pd
+
+    rows = [{"parameter": name, "this page": repr(values.get(name)), "default": p["default"],
+             "what it does": p["help"]} for name, p in parameters_of(NOTEBOOKS / f"{chapter}.md").items()]
+    return pd.DataFrame(rows).set_index("parameter")
+
+
 def check_parameters(source: Path, parameters: dict) -> None:
-    """Refuse a notebook without a ``parameters`` cell, or a parameter it does not have
-    (papermill would only warn, and the notebook's defaults would silently win)."""
+    """Refuse parameters for a notebook without a ``parameters`` cell, or a parameter it does not
+    have (papermill would only warn, and the notebook's defaults would silently win)."""
     known = parameters_of(source)
-    if not known:
+    if parameters and not known:
         raise ValueError(f"{source} has no cell tagged 'parameters'; papermill cannot set its parameters")
     for name in parameters:
         if name not in known:
@@ -154,40 +164,34 @@ def execute_notebook(source: Path, out_dir: Path, parameters: dict | None = None
     return out
 
 
-def machine() -> dict:
-    """What this process runs on, for the landing page and the benchmarks."""
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
-def machine_text(m: dict) -> str:
-    return f"{m['cores']}-core CPU ({m['cpu']})" + (f", {m['gpu']}" if m["gpu"] else ", no GPU")
-
-
 def record_build(source: Path, parameters: dict, seconds: float, started: float) -> Path:
     """Note when, at which profile and on what machine a chapter was executed (for the landing page)."""
     title = next((line[2:].strip() for line in source.read_text().splitlines() if line.startswith("# ")),
                  source.stem)
     record = {"chapter": source.stem, "title": title, "profile": parameters.get("profile"),
               "parameters": parameters, "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
-              "wall_seconds": round(seconds, 1), "machine": machine()}
+              "wall_seconds": round(seconds, 1), "machine": machine.describe()}
     path = paths.builds_dir() / f"{source.stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)
     return path
+
+
+def chapter_builds() -> "pd.DataFrame":
+    """One row per chapter of the book: when, at which profile, on what machine and how long it
+    was last executed (chapters never executed have empty cells)."""
+    import pandas as pd
+
+    rows = []
+    for source in chapter_sources():
+        path = paths.builds_dir() / f"{source.stem}.json"
+        r = json.loads(path.read_text()) if path.is_file() else {}
+        rows.append({"chapter": source.stem, "profile": r.get("profile"), "executed": r.get("started"),
+                     "machine": machine.text(r["machine"]) if r else None,
+                     "wall time": _duration(r["wall_seconds"]) if r else None})
+    return pd.DataFrame(rows)
 
 
 def _duration(seconds: float) -> str:
@@ -266,7 +270,7 @@ def build(book_dir: Path = BOOK, config: Path = REPO_ROOT / "_config.yml",
     cmd = [str(jb), "build", str(book_dir), "--config", str(config),
            "--toc", str(toc or book_dir / "_toc.yml"), "--path-output", str(book_dir),
            "-W", "-n", "--keep-going"]
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, cwd=REPO_ROOT)  # _config.yml's paths are relative to it
 
 
 def _parse_value(text: str):

@@ -61,13 +61,15 @@ class Monitor(threading.Thread):
         super().__init__(daemon=True)
         self.path, self.stream, self.poll_s = Path(path), stream or sys.stderr, poll_s
         self.finished_runs = 0  # trained and saved while this monitor watched
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._runs = self._steps = None
+        self._label = ""
+        self._cached = ""
 
     def run(self) -> None:
         offset = 0
         while True:
-            stopping = self._stop.is_set()
+            stopping = self._halt.is_set()
             if self.path.exists():
                 with open(self.path) as f:
                     f.seek(offset)
@@ -76,12 +78,12 @@ class Monitor(threading.Thread):
                         self.handle(json.loads(line))
             if stopping:
                 break
-            self._stop.wait(self.poll_s)
+            self._halt.wait(self.poll_s)
         self._close_bars()
 
     def stop(self) -> None:
         """Draw what is left in the file, then end (safe to call twice)."""
-        self._stop.set()
+        self._halt.set()
         if self.is_alive():
             self.join()
 
@@ -102,13 +104,17 @@ class Monitor(threading.Thread):
         if kind == "sweep":
             self._close_bars()
             self._runs = self._bar(e["todo"], f"  {e['desc']}", 0)
-            self._runs.set_postfix_str(f"{e['total'] - e['todo']} of {e['total']} cached")
-        elif kind == "run_start" and self._runs is not None:
+            self._cached = f"{e['total'] - e['todo']} of {e['total']} cached"
+            self._runs.set_postfix_str(self._cached)
+        elif kind == "running" and self._runs is not None:  # a cluster trains several at once
+            self._runs.set_postfix_str(f"{self._cached}, {e['running']} running, {e['failed']} failed")
+        elif kind == "run_start":
             self._close_bars(runs=False)
-            self._steps = self._bar(None, f"    training {e['label']}", 1)
-        elif kind == "steps" and self._steps is not None:
-            if self._steps.total != e["total"]:
-                self._steps.reset(total=e["total"])
+            self._label = e["label"]
+        elif kind == "steps" and self._runs is not None:  # a training loop inside a sweep's run
+            if self._steps is None or self._steps.total != e["total"]:
+                self._close_bars(runs=False)
+                self._steps = self._bar(e["total"], f"    training {self._label}", 1)
             self._steps.update(e["done"] - self._steps.n)
         elif kind == "run_done":
             self.finished_runs += 1

@@ -1,10 +1,9 @@
 """Every chapter executes at the smoke profile, and the book builds with warnings as errors."""
-import shutil
-
 import pandas as pd
 import pytest
 
-from moebackdoor import book
+from moebackdoor import book, reproducibility
+from moebackdoor.vision import pmoe_paper
 
 CSV_COLUMNS = ["trigger", "poison_rate", "asr", "ba", "cad", "paper_asr", "paper_ba", "paper_cad"]
 
@@ -14,18 +13,14 @@ def test_notebook_without_parameters_cell_is_refused(tmp_path):
     nb.write_text("---\njupytext:\n  text_representation:\n    format_name: myst\n---\n"
                   "# A page\n\n```{code-cell} ipython3\nprofile = 'quick'\n```\n")
     with pytest.raises(ValueError, match="no cell tagged 'parameters'"):
-        book.execute_notebook(nb, tmp_path / "out")
+        book.execute_notebook(nb, tmp_path / "out", {"profile": "smoke"})
 
 
-def test_chapters_execute_at_smoke_and_the_book_builds(companion_env):
-    site = companion_env / "book"
-    site.mkdir()
-    for name in ("intro.md", "_toc.yml"):
-        shutil.copy(book.BOOK / name, site / name)
-    executed = book.execute_all("smoke", out_dir=site / "chapters")
-    assert {p.stem for p in executed} == {s.stem for s in book.chapter_sources()}
+def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
+    root, site, executed = smoke_book
+    assert [p.stem for p in executed] == [s.stem for s in book.chapter_sources() + book.summary_sources()]
 
-    tables = companion_env / "generated" / "tables"
+    tables = root / "generated" / "tables"
     for table_id in ("pmoe-table1-cifar10", "pmoe-table2-gtsrb"):
         df = pd.read_csv(tables / f"{table_id}.csv")
         assert list(df.columns) == CSV_COLUMNS
@@ -37,13 +32,39 @@ def test_chapters_execute_at_smoke_and_the_book_builds(companion_env):
     assert set(t3.pruning_rate) == {0, 10, 20, 30}
     assert t3[t3.stage == "after_pruning"].paper_asr.notna().all()
     assert {"expert_1", "mean_experts", "none", "model"} <= set(pd.read_csv(tables / "pmoe-routing-rates.csv").columns)
-    figures = companion_env / "generated" / "figures"
+    figures = root / "generated" / "figures"
     for fig_id in ("pmoe-fig2-triggers", "pmoe-asr-vs-rate-cifar10", "pmoe-asr-vs-rate-gtsrb",
                    "pmoe-fig3-trigger-routing", "pmoe-fig4-clean-routing", "pmoe-fig5-patch-values",
                    "pmoe-fig6-fine-pruning-routing", "pmoe-routing-rates"):
         assert (figures / f"{fig_id}.png").stat().st_size > 1000
 
-    book.build(site)  # raises on any Sphinx warning
     html = (site / "_build" / "html" / "chapters" / "pmoe_attacks.html").read_text()
     assert "smoke" in html and "Table 1" in html
     assert "Table 3" in (site / "_build" / "html" / "chapters" / "pmoe_routing_pruning.html").read_text()
+
+    # the summary pages: reproducibility report, landing page, references, downloads
+    report = pd.read_csv(tables / "reproducibility.csv")
+    assert list(report.columns) == ["chapter", "artefact", "cell", "paper", "ours", "verdict"]
+    assert set(report.chapter) == {"pmoe_attacks", "pmoe_routing_pruning"}
+    assert set(report.verdict) <= set(reproducibility.VERDICTS) and "not built yet" not in set(report.verdict)
+    html_dir = site / "_build" / "html"
+    intro = (html_dir / "chapters" / "intro.html").read_text()
+    assert intro.count(">smoke<") == len(book.chapter_sources())  # each chapter's profile in the table
+    refs = (html_dir / "references.html").read_text()
+    assert "Fine-Pruning" in refs and "WaNet" in refs
+    assert "chan2025pmoe" in (html_dir / "chapters" / "pmoe_attacks.html").read_text()  # cited in the text
+    assert (html_dir / "_sources" / "chapters" / "pmoe_attacks.ipynb").stat().st_size > 1000
+
+
+def test_a_chapter_not_built_shows_as_such(tmp_path):
+    cells = pmoe_paper.reproducibility_cells(tmp_path)  # an empty tables folder
+    report = reproducibility.verdicts(cells)
+    assert set(report.verdict) == {"not built yet"}
+    assert set(report.artefact) == {"pmoe-table1-cifar10", "pmoe-table2-gtsrb", "pmoe-table3-fine-pruning"}
+
+
+def test_parameters_are_listed_from_the_parameters_cell():
+    params = book.parameters_of(book.NOTEBOOKS / "pmoe_attacks.md")
+    assert params["seeds"] == {"default": "None", "help": "e.g. [0, 1, 2]; None: the profile's seeds"}
+    table = book.parameter_table("pmoe_attacks", {"profile": "smoke"})
+    assert table.loc["profile", "this page"] == "'smoke'" and table.loc["force", "default"] == "False"

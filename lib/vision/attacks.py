@@ -173,7 +173,7 @@ def attack_grid(profile_name: str, datasets=DATASETS, triggers=TRIGGERS, rates=N
     ``wanet_noise_mode`` adds WaNet's noise-mode samples (cross ratio 2) to the original WaNet warp.
     """
     p = profile(profile_name)
-    rates = p["rates"] if rates is None else check_list("poison_rates", rates, check_rate)
+    rates = p["rates"] if rates is None else check_list("poison_rates", rates, lambda n, v: check_rate(v, n))
     seeds = p["seeds"] if seeds is None else check_list("seeds", seeds, check_int)
     check_choices("datasets", datasets, DATASETS)
     check_choices("triggers", triggers, TRIGGERS)

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .. import machine
 from ..reporting import save_table
 from .models import PMoEWRN
 from .training import Recipe, train
@@ -96,7 +97,8 @@ def run_benchmark(width: int = 2, steps: int = 40, repeats: int = 3, memory_step
         ("peak memory of a quick training run, GiB", peak / 2 ** 30, "target <= 4"),
     ]
     return pd.DataFrame(rows, columns=["measure", "value", "target"]).assign(
-        width=width, steps=steps, repeats=repeats, threads=torch.get_num_threads())
+        width=width, steps=steps, repeats=repeats, threads=torch.get_num_threads(),
+        machine=machine.text(), measured_at=time.strftime("%Y-%m-%d %H:%M"))
 
 
 def main(argv=None):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
+from .. import style
 from ..reporting import mean_std
 from ..runcache import RunCache
 from .attacks import TRIGGERS, load_model, run_trigger, test_tensors
@@ -102,22 +104,23 @@ def figure2_triggers(seed: int = 0, warp_variant: str = "authors",
 
 
 def asr_vs_rate_figure(table: pd.DataFrame, dataset: str):
-    """ASR against poison rate per trigger: ours (solid, ± std) and the paper's (dashed)."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for i, trig in enumerate(TRIGGERS):
-        t = table[table.trigger == trig]
-        colour = f"C{i}"
-        ours = t.dropna(subset=["asr"])
-        ax.errorbar(ours.poison_rate, ours.asr, yerr=ours.asr_std.fillna(0), color=colour,
-                    marker="o", label=f"{trig} (ours)", capsize=3)
-        ax.plot(t.poison_rate, t.paper_asr, color=colour, ls="--", marker="x", alpha=0.7,
-                label=f"{trig} (paper)")
-    ax.set_xscale("log")
-    ax.set_xlabel("poison rate (%)")
-    ax.set_ylabel("ASR (%)")
-    ax.set_ylim(-3, 103)
-    ax.set_title({"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[dataset])
-    ax.legend(fontsize=7, ncol=2)
+    """ASR against poison rate per trigger: ours (solid, ± std over seeds) and the paper's (dashed)."""
+    long = pd.concat([
+        table.assign(source="ours", value=table.asr),
+        table.assign(source="paper", value=table.paper_asr),
+    ]).dropna(subset=["value"])
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    sns.lineplot(long, x="poison_rate", y="value", hue="trigger", style="source", ax=ax,
+                 palette=style.palette(TRIGGERS), hue_order=TRIGGERS, dashes=style.SOURCE_DASHES,
+                 markers=style.SOURCE_MARKERS, style_order=["ours", "paper"], errorbar=None)
+    ours = table.dropna(subset=["asr"])
+    for trig in TRIGGERS:  # spread over seeds, where there are several
+        t = ours[ours.trigger == trig]
+        ax.errorbar(t.poison_rate, t.asr, yerr=t.asr_std.fillna(0), fmt="none", ecolor=style.colour(trig),
+                    capsize=3)
+    ax.set(xscale="log", xlabel="poison rate (%)", ylabel="ASR (%)", ylim=(-3, 103),
+           title={"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[dataset])
+    sns.move_legend(ax, "center left", bbox_to_anchor=(1, 0.5), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -356,17 +359,50 @@ def routing_rate_figure(rates: pd.DataFrame):
     datasets = list(dict.fromkeys(rates.dataset))
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.2), sharey=True, squeeze=False)
     for ax, ds in zip(axes[0], datasets):
-        for i, trig in enumerate(TRIGGERS):
-            r = rates[(rates.dataset == ds) & (rates.trigger == trig)]
-            poisoned = r[r.model == "poisoned"]
-            ax.plot(poisoned.poison_rate, poisoned.mean_experts, "o-", color=f"C{i}",
-                    label=f"{trig}: poisoned model")
-            ax.axhline(r[r.model == "clean"].mean_experts.mean(), color=f"C{i}", ls=":", alpha=0.8,
-                       label=f"{trig}: clean model")
-        ax.set_xscale("log")
-        ax.set_xlabel("poison rate (%)")
-        ax.set_title({"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[ds])
-    axes[0, 0].set_ylabel("experts receiving the top-left patch")
-    axes[0, -1].legend(fontsize=7)
+        r = rates[rates.dataset == ds]
+        sns.lineplot(r[r.model == "poisoned"], x="poison_rate", y="mean_experts", hue="trigger",
+                     hue_order=TRIGGERS, palette=style.palette(TRIGGERS), marker="o", ax=ax,
+                     errorbar=None, legend=ax is axes[0, -1])
+        for trig in TRIGGERS:
+            clean = r[(r.model == "clean") & (r.trigger == trig)].mean_experts.mean()
+            ax.axhline(clean, color=style.colour(trig), ls=":", alpha=0.8)
+        ax.set(xscale="log", xlabel="poison rate (%)", ylabel="experts receiving the top-left patch",
+               title={"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[ds])
+    axes[0, -1].plot([], [], ls=":", color="grey", label="clean model")
+    axes[0, -1].legend(fontsize=8, title="poisoned model", title_fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# the chapters' CSVs that hold a paper number beside ours: chapter -> table id -> columns
+REPORTED = {
+    "pmoe_attacks": {TABLE_IDS["cifar10"]: ("asr", "ba", "cad"), TABLE_IDS["gtsrb"]: ("asr", "ba", "cad")},
+    "pmoe_routing_pruning": {"pmoe-table3-fine-pruning": ("ca", "asr")},
+}
+
+
+def reproducibility_cells(tables_dir) -> pd.DataFrame:
+    """Every paper number of chapters 1-2 beside ours (for :mod:`moebackdoor.reproducibility`).
+
+    A series is one measure of one trigger (Tables 1-2) or one stage (Table 3) along the rates.
+    All the paper's numbers here come from its full text, so all are verified.
+    """
+    from ..reproducibility import not_built
+
+    rows = []
+    for chapter, tables in REPORTED.items():
+        for table_id, measures in tables.items():
+            path = tables_dir / f"{table_id}.csv"
+            if not path.is_file():
+                rows.append(not_built(chapter, table_id))
+                continue
+            t = pd.read_csv(path)
+            key, rate = ("trigger", "poison_rate") if "trigger" in t else ("stage", "pruning_rate")
+            t = t.sort_values([key, rate], kind="stable")
+            for m in measures:
+                for _, r in t.dropna(subset=[f"paper_{m}"]).iterrows():
+                    rows.append({"chapter": chapter, "artefact": table_id,
+                                 "cell": f"{r[key]}, {r[rate]:g} %, {m.upper()}",
+                                 "series": f"{table_id}:{r[key]}:{m}", "paper": r[f"paper_{m}"],
+                                 "ours": r[m], "verified": True, "built": True})
+    return pd.DataFrame(rows)

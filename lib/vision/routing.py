@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
 import torch
 
+from ..style import EXPERT_COLOURS
 from .training import _autocast, _batch, default_device
 
 GRID, CELL = 8, 4
@@ -41,7 +43,7 @@ def patch_values(x: torch.Tensor) -> np.ndarray:
     return gray.reshape(len(x), GRID, CELL, GRID, CELL).sum((2, 4)).numpy()
 
 
-def draw_patch_map(ax, image: torch.Tensor, mask: np.ndarray, colour: str = "C1", title: str = ""):
+def draw_patch_map(ax, image: torch.Tensor, mask: np.ndarray, colour=EXPERT_COLOURS[0], title: str = ""):
     """The image with the patches of one expert outlined and the rest dimmed."""
     img = image.permute(1, 2, 0).numpy()
     shade = np.where(np.kron(mask, np.ones((CELL, CELL)))[..., None], 1.0, 0.35)
@@ -70,7 +72,7 @@ def patch_map_figure(rows: list[tuple[str, torch.Tensor, np.ndarray]], highlight
             n_trig = ""
             if highlight is not None:
                 n_trig = " ✓" if mask[e][highlight] else ""
-            draw_patch_map(axes[i, e + 1], image, mask[e], f"C{e}",
+            draw_patch_map(axes[i, e + 1], image, mask[e], EXPERT_COLOURS[e],
                            f"expert {e + 1}{n_trig}" if i == 0 or highlight is not None else "")
             if highlight is not None:
                 r, c = highlight
@@ -91,7 +93,7 @@ def patch_value_figure(items: list[tuple[str, torch.Tensor, np.ndarray]], bins=n
         values = patch_values(image[None])[0]
         for e in range(experts):
             ax = axes[i, e]
-            ax.hist(values[mask[e]], bins=bins, color=f"C{e}")
+            sns.histplot(values[mask[e]], bins=bins, color=EXPERT_COLOURS[e], ax=ax)
             ax.set_yticks(range(0, 17, 4))
             ax.set_ylim(0, 16)
             if i == 0:

@@ -1,0 +1,73 @@
+"""The reproducibility report: every paper number beside ours, with a verdict per cell.
+
+A paper module lists its cells (``chapter, artefact, cell, series, paper, ours, verified``);
+:func:`verdicts` judges each one:
+
+- ``reproduced``: ours within ``tolerance`` points of the paper's;
+- ``trend reproduced``: not within tolerance, but along its series (the same measure over
+  poison rates, pruning rates, ...) ours moves the way the paper's does from the neighbouring
+  cell (up, down, or flat within the tolerance);
+- ``not reproduced``: neither;
+- ``paper number unverified``: the paper's number comes from a secondary source;
+- ``not run at this profile``: the chapter ran, but not this cell (a rate outside its grid);
+- ``not built yet``: the chapter's table does not exist yet.
+
+>>> cells = pd.DataFrame({"chapter": "c", "artefact": "t", "cell": ["a", "b"], "series": "s",
+...                       "paper": [10.0, 50.0], "ours": [12.0, 30.0], "verified": True})
+>>> list(verdicts(cells, tolerance=5).verdict)
+['reproduced', 'trend reproduced']
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+VERDICTS = ("reproduced", "trend reproduced", "not reproduced", "paper number unverified",
+            "not run at this profile", "not built yet")
+COLUMNS = ["chapter", "artefact", "cell", "paper", "ours", "verdict"]
+
+
+def _direction(a: float, b: float, tolerance: float) -> int:
+    """-1, 0 or +1: how ``b`` lies from ``a``, flat within the tolerance."""
+    d = b - a
+    return 0 if abs(d) <= tolerance else int(np.sign(d))
+
+
+def verdicts(cells: pd.DataFrame, tolerance: float = 5.0) -> pd.DataFrame:
+    """Add a ``verdict`` column; ``tolerance`` is in the cells' unit (points of a percentage)."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    out = cells.copy()
+    verdict = pd.Series("not reproduced", index=out.index, dtype=object)
+    built = out.get("built", pd.Series(True, index=out.index)).astype(bool)
+    for _, series in out[built].groupby("series", sort=False):
+        idx = list(series.index)
+        for pos, i in enumerate(idx):
+            paper, ours = out.at[i, "paper"], out.at[i, "ours"]
+            if pd.isna(ours):
+                verdict[i] = "not run at this profile"
+            elif abs(ours - paper) <= tolerance:
+                verdict[i] = "reproduced"
+            else:  # compare the step to a neighbour that both have
+                neighbours = [j for j in idx[:pos][::-1] + idx[pos + 1:] if not pd.isna(out.at[j, "ours"])]
+                if neighbours:
+                    j = neighbours[0]
+                    same = _direction(out.at[j, "paper"], paper, tolerance) == \
+                        _direction(out.at[j, "ours"], ours, tolerance)
+                    verdict[i] = "trend reproduced" if same else "not reproduced"
+    verdict[~out.verified.astype(bool)] = "paper number unverified"
+    verdict[~built] = "not built yet"
+    out["verdict"] = verdict
+    return out
+
+
+def not_built(chapter: str, artefact: str) -> dict:
+    """The row that stands for an artefact whose chapter has not been built."""
+    return {"chapter": chapter, "artefact": artefact, "cell": "", "series": f"{artefact}:",
+            "paper": np.nan, "ours": np.nan, "verified": True, "built": False}
+
+
+def counts(report: pd.DataFrame) -> pd.DataFrame:
+    """Verdicts per chapter and artefact, in the order of :data:`VERDICTS`."""
+    table = pd.crosstab([report.chapter, report.artefact], report.verdict)
+    return table.reindex(columns=[v for v in VERDICTS if v in table.columns]).fillna(0).astype(int)
