@@ -119,6 +119,7 @@ class Monitor(threading.Thread):
         elif kind == "run_done":
             self.finished_runs += 1
             self._close_bars(runs=False)
+            tqdm.write(f"    trained {e['label']} in {e['seconds']:.0f} s", file=self.stream)
             if self._runs is not None:
                 self._runs.update()
         elif kind == "run_failed":

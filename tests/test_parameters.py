@@ -1,0 +1,104 @@
+"""Bad parameters fail before any work, with a message naming the parameter and what it accepts."""
+import io
+import json
+
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from moebackdoor import book, progress
+from moebackdoor.params import ParameterError, check_fraction, check_int, check_list
+from moebackdoor.vision.attacks import attack_config, attack_grid
+
+# (parameter, bad value, what the message must say) for every chapter
+BAD = [
+    ("seeds", [0, -1], "parameter `seeds`: expected an integer >= 0, got -1"),
+    ("epochs", 0, "parameter `epochs`: expected an integer >= 1, got 0"),
+    ("width", 0, "parameter `width`: expected an integer >= 1, got 0"),
+    ("n_train", 10 ** 6, "parameter `n_train`: expected an integer in [1, 50000], got 1000000"),
+]
+
+
+def test_checks_name_the_parameter():
+    with pytest.raises(ParameterError, match=r"^parameter `seed`: expected an integer >= 0, got True$"):
+        check_int("seed", True)
+    with pytest.raises(ParameterError, match=r"`rate`: expected a fraction in \[0, 1\], got 1.5"):
+        check_fraction("rate", 1.5)
+    with pytest.raises(ParameterError, match="`seeds`: expected a non-empty list or None, got 'abc'"):
+        check_list("seeds", "abc", check_int)
+    assert check_list("seeds", (0, 2), check_int) == [0, 2] and check_list("seeds", None, check_int) is None
+
+
+@pytest.mark.parametrize("name, value, message", BAD)
+def test_attack_config_refuses(name, value, message):
+    kwargs = {"seed": value[-1]} if name == "seeds" else {name: value}
+    with pytest.raises(ParameterError, match=message.replace("seeds", "seed").replace("[", r"\[").replace("]", r"\]")):
+        attack_config("quick", "cifar10", "square", 0.02, **{"seed": 0, **kwargs})
+
+
+def test_grid_and_profile_errors_name_the_parameter():
+    with pytest.raises(ParameterError, match="`n_train`: expected an integer in \\[1, 25087\\]"):
+        attack_grid("quick", datasets=["gtsrb"], n_train=30000)
+    with pytest.raises(ParameterError, match="`triggers`: expected a non-empty list of items"):
+        attack_grid("quick", triggers=["sqaure"])
+    with pytest.raises(ParameterError, match="`poison_rates`: expected a fraction"):
+        attack_grid("quick", rates=[2])
+    with pytest.raises(ParameterError, match="`profile`: expected one of"):
+        attack_grid("full")
+
+
+@pytest.mark.parametrize("chapter", [s.stem for s in book.chapter_sources()])
+def test_every_chapter_stops_before_any_work(chapter, companion_env, session_cache):
+    source = book.NOTEBOOKS / f"{chapter}.md"
+    # a parameter the chapter does not have: refused before a kernel starts
+    with pytest.raises(ParameterError, match=f"`epoch`: expected one of the parameters of {chapter}"):
+        book.execute_notebook(source, companion_env / "out", {"profile": "smoke", "epoch": 2})
+    runs = session_cache / "runs"
+    before = sorted(runs.iterdir()) if runs.exists() else []
+    for name, value, message in BAD:
+        with pytest.raises(PapermillExecutionError) as err:
+            book.execute_notebook(source, companion_env / "out", {"profile": "smoke", name: value})
+        assert err.value.ename == "ParameterError" and err.value.evalue == message
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # nothing trained
+    assert not (companion_env / "out" / f"{chapter}.ipynb").exists()  # no page written
+
+
+def test_command_line_refuses_unknown_chapters_and_parameters(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        book.main(["execute", "--only", "nosuchchapter"])
+    assert exit_.value.code == 2 and "parameter `only`" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        book.main(["run", "pmoe_attacks", "-p", "seed", "1"])
+    assert exit_.value.code == 2 and "parameter `seed`: expected one of the parameters" in capsys.readouterr().err
+
+
+def test_terminal_progress_names_the_run_and_counts(tmp_path):
+    events = tmp_path / "progress.jsonl"
+    lines = [{"event": "sweep", "desc": "pMoE attack runs", "total": 3, "todo": 2},
+             {"event": "run_start", "label": "cifar10 square 2% seed 0"},
+             {"event": "steps", "done": 5, "total": 10}, {"event": "steps", "done": 10, "total": 10},
+             {"event": "run_done", "label": "cifar10 square 2% seed 0", "seconds": 1.0},
+             {"event": "sweep_done"}]
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    out = io.StringIO()
+    monitor = progress.Monitor(events, stream=out, poll_s=0.01)
+    monitor.start()
+    monitor.stop()
+    text = out.getvalue()
+    assert "pMoE attack runs" in text and "1 of 3 cached" in text
+    assert "training cifar10 square 2% seed 0" in text and "/10" in text
+    assert "trained cifar10 square 2% seed 0 in 1 s" in text
+    assert monitor.finished_runs == 1
+
+
+def test_an_interrupted_chapter_says_how_to_resume(monkeypatch, tmp_path, capsys):
+    def interrupted(source, out_dir, parameters, progress_file=None):
+        with open(progress_file, "a") as f:  # one run finished before Ctrl-C
+            f.write(json.dumps({"event": "run_done", "label": "a run", "seconds": 1.0}) + "\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(book, "execute_notebook", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        book._execute_with_report(book.chapter_sources()[0], tmp_path, {"profile": "smoke"}, "[1/1]", False)
+    err = capsys.readouterr().err
+    assert "1 trained in this chapter before the interruption" in err
+    assert "run the same command again to resume" in err
