@@ -90,6 +90,11 @@ def parameter_table(chapter: str, values: dict) -> "pd.DataFrame":
     return pd.DataFrame(rows).set_index("parameter")
 
 
+def show_parameters(chapter: str, values: dict):
+    """:func:`parameter_table` styled for the page (no cell cut short)."""
+    return parameter_table(chapter, values).style.set_properties(**{"text-align": "left"})
+
+
 def check_parameters(source: Path, parameters: dict) -> None:
     """Refuse parameters for a notebook without a ``parameters`` cell, or a parameter it does not
     have (papermill would only warn, and the notebook's defaults would silently win)."""
@@ -164,11 +169,15 @@ def execute_notebook(source: Path, out_dir: Path, parameters: dict | None = None
     return out
 
 
+def title(source: Path) -> str:
+    """A notebook's title: its first level-1 heading."""
+    return next((line[2:].strip() for line in source.read_text().splitlines() if line.startswith("# ")),
+                source.stem)
+
+
 def record_build(source: Path, parameters: dict, seconds: float, started: float) -> Path:
     """Note when, at which profile and on what machine a chapter was executed (for the landing page)."""
-    title = next((line[2:].strip() for line in source.read_text().splitlines() if line.startswith("# ")),
-                 source.stem)
-    record = {"chapter": source.stem, "title": title, "profile": parameters.get("profile"),
+    record = {"chapter": source.stem, "title": title(source), "profile": parameters.get("profile"),
               "parameters": parameters, "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
               "wall_seconds": round(seconds, 1), "machine": machine.describe()}
     path = paths.builds_dir() / f"{source.stem}.json"
@@ -188,7 +197,8 @@ def chapter_builds() -> "pd.DataFrame":
     for source in chapter_sources():
         path = paths.builds_dir() / f"{source.stem}.json"
         r = json.loads(path.read_text()) if path.is_file() else {}
-        rows.append({"chapter": source.stem, "profile": r.get("profile"), "executed": r.get("started"),
+        rows.append({"chapter": source.stem, "title": title(source), "profile": r.get("profile"),
+                     "executed": r.get("started"),
                      "machine": machine.text(r["machine"]) if r else None,
                      "wall time": _duration(r["wall_seconds"]) if r else None})
     return pd.DataFrame(rows)
