@@ -91,13 +91,12 @@ class RayExecutor:
         self.num_gpus = None if gpus is None else float(gpus)
         self.max_retries = max_retries
 
-    def _slots(self, gpus: float) -> int:
-        """How many tasks the cluster runs at once (the rest wait in Ray's queue)."""
+    def _running(self, pending: int, gpus: float) -> int:
+        """How many of the pending tasks the cluster runs now (the rest wait in Ray's queue)."""
         res = self.ray.cluster_resources()
-        slots = res.get("CPU", 0) // self.num_cpus if self.num_cpus else float("inf")
-        if gpus:
-            slots = min(slots, res.get("GPU", 0) // gpus)
-        return int(slots)
+        slots = [res.get("CPU", 0) // self.num_cpus] if self.num_cpus else []
+        slots += [res.get("GPU", 0) // gpus] if gpus else []
+        return int(min(slots + [pending]))
 
     def run(self, cache, configs: list[dict], fn: Callable, label: Callable[[dict], str]) -> None:
         if not configs:
@@ -116,7 +115,7 @@ class RayExecutor:
         bar = tqdm(total=len(configs), desc="training on Ray")
 
         def report():
-            running = min(len(pending), self._slots(gpus))
+            running = self._running(len(pending), gpus)
             bar.set_postfix(running=running, failed=len(failures))
             progress.emit("running", running=running, done=bar.n - len(failures), failed=len(failures))
 
