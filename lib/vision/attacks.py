@@ -196,10 +196,13 @@ def attack_grid(profile_name: str, datasets=DATASETS, triggers=TRIGGERS, rates=N
     return configs
 
 
-def attack_results(configs: list[dict], cache: RunCache | None = None, force: bool = False) -> pd.DataFrame:
-    """Run (or load) every configuration; one row per run with ASR, BA and CAD in percent."""
+def attack_results(configs: list[dict], cache: RunCache | None = None, force: bool = False,
+                   executor=None) -> pd.DataFrame:
+    """Run (or load) every configuration; one row per run with ASR, BA and CAD in percent.
+
+    The missing runs go to ``executor`` (``"local"``, ``"ray"``; None: ``MOEBD_EXECUTOR``)."""
     cache = cache or RunCache()
-    runs = cache.sweep(configs, run_attack, force, desc="pMoE attack runs", label=run_label)
+    runs = cache.sweep(configs, run_attack, force, desc="pMoE attack runs", label=run_label, executor=executor)
     clean = {(r.config["dataset"], r.config["arch"], r.config["seed"]): r.metrics
              for r in runs if r.config["trigger"] is None}
     rows = []

@@ -148,10 +148,12 @@ def run_fine_pruning(config: dict, cache: RunCache | None = None) -> tuple[dict,
     return metrics, tensors
 
 
-def fine_pruning_results(configs: list[dict], cache: RunCache | None = None, force: bool = False):
+def fine_pruning_results(configs: list[dict], cache: RunCache | None = None, force: bool = False,
+                         executor=None):
     cache = cache or RunCache()
     return cache.sweep(configs, lambda c: run_fine_pruning(c, cache), force, desc="Fine-Pruning runs",
-                       label=lambda c: f"Fine-Pruning {c['pruning_rate'] * 100:g}% of {run_label(c['attack'])}")
+                       label=lambda c: f"Fine-Pruning {c['pruning_rate'] * 100:g}% of {run_label(c['attack'])}",
+                       executor=executor)
 
 
 # Fine-tuning epochs and clean images for the activation means, per profile
