@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
+
 from . import executors, paths, progress
 
 Tensors = dict[str, torch.Tensor]

@@ -70,14 +70,14 @@ def attack_config(profile_name: str, dataset: str, trigger: str | None, rate: fl
     n_train_max, n_test_max, n_classes = SIZES[dataset]
     check_int("seed", seed)
     check_int("target", target, 0, n_classes - 1)
-    check_int("width", overrides.get("width", p["width"]), 1)
+    width = check_int("width", overrides.get("width", p["width"]), 1)
     n_train = check_optional_int("n_train", overrides.get("n_train", p["n_train"][dataset]), 1, n_train_max)
     n_test = check_optional_int("n_test", overrides.get("n_test", p["n_test"]), 1, n_test_max)
     epochs = check_int("epochs", overrides.get("epochs", p["epochs"][dataset]), 1)
     recipe = Recipe(epochs=epochs, **p["recipe"]).as_dict()
     return {
         "schema": SCHEMA, "chapter": "pmoe-attacks", "profile": profile_name,
-        "dataset": dataset, "arch": arch, "width": overrides.get("width", p["width"]),
+        "dataset": dataset, "arch": arch, "width": width,
         "n_train": n_train, "n_test": n_test,
         "trigger": trigger,
         "trigger_params": trigger_params(trigger, **(trigger_overrides or {})) if trigger else None,
