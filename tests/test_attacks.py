@@ -5,10 +5,10 @@ from moebackdoor.vision.attacks import attack_config, attack_grid, attack_result
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"trigger": "sqaure", "rate": 0.02}, "unknown trigger 'sqaure'"),
-    ({"trigger": "square", "rate": 1.5}, "poison rate"),
+    ({"trigger": "square", "rate": 1.5}, r"parameter `poison_rate`: expected a fraction in \[0, 1\]"),
     ({"trigger": None, "rate": 0.02}, "clean run"),
-    ({"trigger": "square", "rate": 0.02, "dataset": "svhn"}, "unknown dataset"),
-    ({"trigger": "square", "rate": 0.02, "profile_name": "huge"}, "unknown profile"),
+    ({"trigger": "square", "rate": 0.02, "dataset": "svhn"}, "parameter `dataset`: expected one of"),
+    ({"trigger": "square", "rate": 0.02, "profile_name": "huge"}, "parameter `profile`: expected one of"),
     ({"trigger": "square", "rate": 0.02, "lr": 1}, "unknown setting"),
 ])
 def test_bad_configuration_fails_fast(kwargs, match):
@@ -22,7 +22,7 @@ def test_grid_has_a_clean_run_per_dataset_and_seed():
                           seeds=[0, 1], trigger_overrides={"warp": {"variant": "wanet"}})
     assert [c["trigger"] for c in configs] == [None, "square", "warp"] * 2
     assert configs[2]["trigger_params"]["variant"] == "wanet"
-    with pytest.raises(ValueError, match="unknown trigger"):
+    with pytest.raises(ValueError, match="parameter `triggers`: expected a non-empty list of items"):
         attack_grid("smoke", triggers=["squares"])
 
 
