@@ -103,6 +103,9 @@ class Monitor(threading.Thread):
         kind = e["event"]
         if kind == "sweep":
             self._close_bars()
+            if not e["todo"]:
+                tqdm.write(f"  {e['desc']}: all {e['total']} cached", file=self.stream)
+                return
             self._runs = self._bar(e["todo"], f"  {e['desc']}", 0)
             self._cached = f"{e['total'] - e['todo']} of {e['total']} cached"
             self._runs.set_postfix_str(self._cached)

@@ -157,6 +157,9 @@ def gap_summary(tables: dict[str, pd.DataFrame], results: pd.DataFrame) -> str:
     lines = []
     for ds, table in tables.items():
         name = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[ds]
+        if table.asr.isna().all():
+            lines.append(f"- **{name}**: not run on this page.")
+            continue
         clean = results[(results.dataset == ds) & (results.trigger == "clean")].ba.mean()
         paper_clean = PAPER_CLEAN_ACCURACY[ds]
         lines.append(f"- **{name}**: clean accuracy {clean:.1f} % against the paper's {paper_clean:.1f} % "
