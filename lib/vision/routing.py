@@ -94,6 +94,7 @@ def patch_value_figure(items: list[tuple[str, torch.Tensor, np.ndarray]], bins=n
         for e in range(experts):
             ax = axes[i, e]
             sns.histplot(values[mask[e]], bins=bins, color=EXPERT_COLOURS[e], ax=ax)
+            ax.set_ylabel("")
             ax.set_yticks(range(0, 17, 4))
             ax.set_ylim(0, 16)
             if i == 0:
