@@ -52,7 +52,8 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
     assert intro.count("<td>smoke</td>") == len(book.chapter_sources())  # each chapter's profile in the table
     refs = (html_dir / "references.html").read_text()
     assert "Fine-Pruning" in refs and "WaNet" in refs
-    assert "chan2025pmoe" in (html_dir / "chapters" / "pmoe_attacks.html").read_text()  # cited in the text
+    chapter1 = (html_dir / "chapters" / "pmoe_attacks.html").read_text()  # the paper cited in the text, linked
+    assert 'class="bibtex-citation"' in chapter1 and "backdoor attacks against patch-based mixture of experts" in chapter1.lower()
     assert (html_dir / "_sources" / "chapters" / "pmoe_attacks.ipynb").stat().st_size > 1000
 
 
