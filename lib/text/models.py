@@ -1,0 +1,83 @@
+"""Encoder classifiers through ``transformers``: the victim, NPoE's trigger-only experts and its gate.
+
+The victim is ``AutoModelForSequenceClassification`` on an encoder (default the offline
+MiniLM-L6; the paper's ``bert-base-uncased`` for users online). A trigger-only expert is the
+same encoder cut to its first ``num_hidden_layers`` layers, as the authors build it
+(``from_pretrained(name, num_hidden_layers=L)``); the gate is one with ``num_labels = k``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import pretrained
+
+DEFAULT_ENCODER = pretrained.MINILM
+MAX_LENGTH = 256  # the authors' tokenizer max_length
+
+
+def load_tokenizer(name: str = DEFAULT_ENCODER):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(pretrained.encoder_path(name))
+
+
+def load_classifier(name: str = DEFAULT_ENCODER, num_labels: int = 2, num_hidden_layers: int | None = None,
+                    dropout: float = 0.1, seed: int = 0) -> nn.Module:
+    """A pretrained encoder with a fresh classification head (seeded), optionally cut to its first layers."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    path = pretrained.encoder_path(name)
+    config = AutoConfig.from_pretrained(path, num_labels=num_labels, hidden_dropout_prob=dropout,
+                                        attention_probs_dropout_prob=dropout)
+    if num_hidden_layers is not None:
+        if not 1 <= num_hidden_layers <= config.num_hidden_layers:
+            raise ValueError(f"num_hidden_layers must be in [1, {config.num_hidden_layers}] for {name}, "
+                             f"got {num_hidden_layers}")
+        config.num_hidden_layers = num_hidden_layers
+    torch.manual_seed(seed)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the new head's "newly initialized weights" notice is expected
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def encode(tokenizer, sentences: list[str], max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
+    """Tokenize a batch, padded to its own longest sentence (dynamic padding)."""
+    return tokenizer(list(sentences), padding=True, truncation=True, max_length=max_length,
+                     return_tensors="pt")
+
+
+class TextClassifier:
+    """A trained classifier as the defenses see it: sentences in, class probabilities out."""
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = MAX_LENGTH, batch_size: int = 64):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def logits(self, sentences: list[str]) -> torch.Tensor:
+        self.model.eval()
+        sentences = list(sentences)
+        order = np.argsort([len(s) for s in sentences])  # similar lengths together: less padding
+        out = torch.empty(len(sentences), self.model.config.num_labels)
+        for start in range(0, len(sentences), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = encode(self.tokenizer, [sentences[i] for i in idx], self.max_length).to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                out[torch.as_tensor(idx)] = self.model(**batch).logits.float().cpu()
+        return out
+
+    def predict_proba(self, sentences: list[str]) -> np.ndarray:
+        return torch.softmax(self.logits(sentences), -1).numpy()
+
+    def predict(self, sentences: list[str]) -> np.ndarray:
+        return self.logits(sentences).argmax(-1).numpy()

@@ -1,0 +1,75 @@
+"""Product-of-experts losses (NPoE, DPoE), R-drop, and the pseudo-dev rule, as pure functions.
+
+NPoE (Graf et al. 2024): k trigger-only experts b_j and a gate g with top-k routing form
+q = sum_j g_j log b_j; the joint prediction is p = softmax(log r + beta q), r the main model,
+and the loss is -log p_y. The main model alone predicts at test time. R-drop adds
+alpha * symKL between two dropout passes of the main model. DPoE (Liu et al. 2024) is the
+one-expert case, with optional reweighting of confident-shortcut samples.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+GATE_MASKS = ("inf", "zero")  # the paper's intent (-inf), the authors' code (multiply by 0)
+
+
+def gate_weights(gate_logits: torch.Tensor, top_k: int = -1, mask: str = "inf") -> torch.Tensor:
+    """Softmax over the top-k gate logits per sample ([B, k] -> [B, k], rows sum to 1).
+
+    ``mask="inf"`` drops the other experts (their weight is 0); ``mask="zero"`` is the authors'
+    code, which multiplies the other logits by 0, so they keep weight exp(0) in the softmax.
+    ``top_k=-1`` routes to every expert.
+    """
+    if mask not in GATE_MASKS:
+        raise ValueError(f"mask must be one of {GATE_MASKS}, got {mask!r}")
+    k = gate_logits.shape[-1]
+    if top_k == -1 or top_k >= k:
+        return torch.softmax(gate_logits, -1)
+    if not 1 <= top_k:
+        raise ValueError(f"top_k must be -1 or in [1, {k}], got {top_k}")
+    keep = torch.zeros_like(gate_logits, dtype=torch.bool)
+    keep.scatter_(-1, gate_logits.topk(top_k, -1).indices, True)
+    masked = gate_logits.masked_fill(~keep, float("-inf")) if mask == "inf" else gate_logits * keep
+    return torch.softmax(masked, -1)
+
+
+def expert_mixture(expert_logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """q = sum_j g_j log softmax(b_j): expert logits [k, B, C], gate weights [B, k] -> [B, C]."""
+    return torch.einsum("kbc,bk->bc", F.log_softmax(expert_logits.float(), -1), weights.float())
+
+
+def joint_log_probs(main_logits: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
+    """log softmax(log r + beta q)."""
+    return F.log_softmax(F.log_softmax(main_logits.float(), -1) + beta * q, -1)
+
+
+def poe_loss(main_logits, expert_logits, weights, labels, beta: float = 1.0, sample_weights=None):
+    """NPoE's loss -log p_y (mean); with one expert and weights 1 it is DPoE's."""
+    nll = F.nll_loss(joint_log_probs(main_logits, expert_mixture(expert_logits, weights), beta),
+                     labels, reduction="none")
+    if sample_weights is not None:
+        nll = nll * sample_weights
+    return nll.mean()
+
+
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """R-drop's term: (KL(a||b) + KL(b||a)) / 2, each the mean over elements (as the authors)."""
+    la, lb = F.log_softmax(logits_a.float(), -1), F.log_softmax(logits_b.float(), -1)
+    return 0.5 * (F.kl_div(lb, la, log_target=True, reduction="none").mean()
+                  + F.kl_div(la, lb, log_target=True, reduction="none").mean())
+
+
+def dpoe_weights(expert_logits: torch.Tensor, labels: torch.Tensor, threshold: float = 0.8) -> torch.Tensor:
+    """DPoE's denoising: weight 1 - p_b(y) where the expert is confident (p_b(y) > threshold), else 1."""
+    p = torch.softmax(expert_logits.float(), -1).gather(-1, labels[:, None])[:, 0]
+    return torch.where(p > threshold, 1 - p, torch.ones_like(p)).detach()
+
+
+def pseudo_dev_mask(main_probs: torch.Tensor, mixture_probs: torch.Tensor, labels: torch.Tensor,
+                    main_below: float = 0.6, experts_above: float = 0.8) -> torch.Tensor:
+    """NPoE's pseudo-poisoned samples: r_y < R (the main model doubts the label) and
+    q_y > B (the trigger-only experts are sure of it). Defaults R 0.6, B 0.8 (the authors')."""
+    r = main_probs.gather(-1, labels[:, None])[:, 0]
+    q = mixture_probs.gather(-1, labels[:, None])[:, 0]
+    return (r < main_below) & (q > experts_above)

@@ -1,0 +1,137 @@
+"""Dirty-label poisoning of a text training set with one trigger or a mix, and the test sets.
+
+A setting maps triggers to poison rates. Each trigger replaces ``int(rate * N)`` training rows,
+disjoint across triggers and drawn from every class, with triggered versions labelled
+``target`` (1 in the paper). The authors' ``mix_triggers_4way.py`` instead draws each row's
+trigger independently (same expected counts); exact counts make a run's poison known.
+A paraphrase trigger takes the paraphrase of the chosen row where the file is row-aligned with
+the clean set (SST-2), else a paraphrase of another sentence, and never more rows than the
+file holds (the count actually used is recorded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..params import ParameterError, check_fraction
+from .data import STYLES, TextSet, check_style, load_paraphrases, load_split, read_tsv
+from .triggers import INSERTED, PRETRAIN, check_trigger, insert_trigger
+
+# the paper's settings: each trigger alone, and the 3- and 4-trigger mixes
+SETTINGS = {
+    "badnet": {"badnet": 0.05},
+    "insertsent": {"insertsent": 0.05},
+    "syntactic": {"syntactic": 0.20},
+    "style": {"style": 0.20},
+    "mix3": {"badnet": 0.05, "insertsent": 0.05, "syntactic": 0.10},
+    "mix4": {"badnet": 0.05, "insertsent": 0.05, "syntactic": 0.10, "style": 0.10},
+}
+
+
+def check_setting(name: str) -> str:
+    if name not in SETTINGS:
+        raise ParameterError("setting", f"one of {list(SETTINGS)}", name)
+    return name
+
+
+def check_rates(rates: dict) -> dict:
+    """Trigger -> rate, each in [0, 1] and together at most 1."""
+    if not isinstance(rates, dict) or not rates:
+        raise ParameterError("rates", "a non-empty mapping of trigger to poison rate", rates)
+    out = {check_trigger(t): check_fraction(f"rate of {t}", r, "a fraction in [0, 1] (0.05 for 5 %)")
+           for t, r in rates.items()}
+    if sum(out.values()) > 1 + 1e-9:
+        raise ParameterError("rates", "poison rates that sum to at most 1", rates)
+    return out
+
+
+def setting_rates(setting: str, scale: float = 1.0) -> dict:
+    """A setting's rates, multiplied by ``scale`` (2 for the paper's doubled-rate figure)."""
+    return check_rates({t: r * scale for t, r in SETTINGS[check_setting(setting)].items()})
+
+
+@dataclass
+class PoisonedText:
+    data: TextSet
+    poison_idx: dict[str, np.ndarray]          # rows carrying each trigger, relabelled to the target
+    requested: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {t: len(i) for t, i in self.poison_idx.items()}
+
+
+def poison_training_set(clean: TextSet, rates: dict, dataset: str, target: int = 1, seed: int = 0,
+                        style: str = "bible") -> PoisonedText:
+    rates = check_rates(rates)
+    if not 0 <= target <= int(clean.labels.max()):
+        raise ParameterError("target", f"a class of {dataset}", target)
+    rng = np.random.default_rng(seed)
+    n = len(clean)
+    sentences, labels = list(clean.sentences), clean.labels.copy()
+    free = np.ones(n, dtype=bool)
+    poison_idx, requested = {}, {}
+    # paraphrase triggers first: they can only use the rows their file covers
+    for trigger in sorted(rates, key=lambda t: t in INSERTED):
+        k = requested[trigger] = int(rates[trigger] * n)
+        if trigger in INSERTED:
+            rows = rng.permutation(np.flatnonzero(free))[:k]
+            for i in rows:
+                sentences[i] = insert_trigger(sentences[i], trigger, rng)
+        else:
+            para = load_paraphrases(trigger, dataset, style, target)
+            if (para.train_rows >= 0).all():  # row-aligned: the chosen row's own paraphrase
+                pick = rng.permutation(np.flatnonzero(free[para.train_rows]))[:k]
+                rows = para.train_rows[pick]
+            else:
+                rows = rng.permutation(np.flatnonzero(free))[:min(k, len(para.train_sentences))]
+                pick = rng.permutation(len(para.train_sentences))[:len(rows)]
+            for i, j in zip(rows, pick):
+                sentences[i] = para.train_sentences[j]
+        free[rows] = False
+        labels[rows] = target
+        poison_idx[trigger] = np.sort(rows)
+    return PoisonedText(TextSet(sentences, labels), poison_idx, requested)
+
+
+def triggered_test_set(dataset: str, trigger: str, target: int = 1, seed: int = 0, style: str = "bible",
+                       split: str = "test") -> TextSet:
+    """Every non-target sentence of the split with the trigger (ASR is measured on it)."""
+    check_trigger(trigger)
+    if trigger in INSERTED:
+        clean = load_split(dataset, split)
+        keep = clean.subset(np.flatnonzero(clean.labels != target))
+        rng = np.random.default_rng(seed)
+        return TextSet([insert_trigger(s, trigger, rng) for s in keep.sentences], keep.labels)
+    if split != "test":
+        raise ParameterError("split", "'test' for a paraphrase trigger", split)
+    return load_paraphrases(trigger, dataset, style, target).test
+
+
+def pretrain_set(trigger: str, clean: TextSet, attack_style: str = "bible", n: int = 100,
+                 seed: int = 0) -> TextSet:
+    """A trigger-only expert's pre-training set: half triggered (label 1), half clean (label 0).
+
+    Triggered with the defender's own instance of the trigger type, never the attack's:
+    other rare words, another sentence, another style (SST-2's files), and SCPN paraphrases
+    of another dataset (AG News) for the syntactic type. ``clean`` is the defender's clean data.
+    """
+    check_trigger(trigger)
+    rng = np.random.default_rng(seed)
+    half = n // 2
+    base = [clean.sentences[i] for i in rng.permutation(len(clean))[:n]]
+    if trigger == "badnet":
+        triggered = [insert_trigger(s, "badnet", rng, rare_words=PRETRAIN["badnet"]) for s in base[:half]]
+    elif trigger == "insertsent":
+        triggered = [insert_trigger(s, "insertsent", rng, phrase=PRETRAIN["insertsent"]) for s in base[:half]]
+    elif trigger == "syntactic":
+        pool = read_tsv("poison/hiddenkiller_syntactic/ag/dev.tsv.gz").sentences
+        triggered = [pool[i] for i in rng.permutation(len(pool))[:half]]
+    else:
+        other = next(s for s in (PRETRAIN["style"],) + STYLES if s != check_style(attack_style))
+        pool = load_paraphrases("style", "sst2", other).train_sentences
+        triggered = [pool[i] for i in rng.permutation(len(pool))[:half]]
+    sentences = triggered + base[half:]
+    labels = np.array([1] * len(triggered) + [0] * (len(sentences) - len(triggered)))
+    order = rng.permutation(len(sentences))
+    return TextSet([sentences[i] for i in order], labels[order])

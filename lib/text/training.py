@@ -1,0 +1,254 @@
+"""Fine-tuning encoder classifiers: plainly, or jointly with trigger-only experts (NPoE, DPoE).
+
+Sentences are tokenized once; a batch is padded to its own longest sentence (dynamic padding),
+and batches are drawn from length buckets (sentences of similar length together), in bf16
+autocast where the machine has it (``fast=True``). ``fast=False`` is a plain fp32 loop over
+the same batches, padded to ``pad_to`` if given (the authors pad to 256): the benchmark's
+reference. The optimiser is the authors': AdamW, weight decay 0.01 except biases and
+LayerNorm, eps 1e-8, linear warm-up over 10 % of the steps then linear decay, gradients
+clipped to norm 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..devices import default_device
+from ..params import check_int
+from ..progress import Bar
+from . import poe
+from .data import TextSet
+from .models import MAX_LENGTH
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The authors' NPoE recipe, scaled by the profile (``epochs``, ``max_length``)."""
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 2e-5
+    small_lr: float = 2e-5        # trigger-only experts and the gate
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = MAX_LENGTH
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Tokenized:
+    """A text set tokenized once, unpadded, with its labels."""
+
+    def __init__(self, tokenizer, data: TextSet, max_length: int = MAX_LENGTH):
+        enc = tokenizer(list(data.sentences), truncation=True, max_length=max_length)
+        self.ids = [np.asarray(i, dtype=np.int64) for i in enc["input_ids"]]
+        self.lengths = np.array([len(i) for i in self.ids])
+        self.labels = torch.as_tensor(np.asarray(data.labels), dtype=torch.long)
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, idx, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        width = pad_to or int(self.lengths[idx].max())
+        input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = self.ids[i][:width]
+            input_ids[row, :len(ids)] = torch.from_numpy(ids)
+            mask[row, :len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                     bucket_batches: int = 50) -> list[np.ndarray]:
+    """Shuffle, sort by length within chunks of ``bucket_batches`` batches, cut into batches,
+    and shuffle the batches: every sample once, little padding, still random."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def plain_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+
+
+def make_optimizer(groups: list[dict], steps: int, warmup: float, device: torch.device):
+    opt = torch.optim.AdamW(groups, eps=1e-8, fused=True) if device.type in ("cpu", "cuda") \
+        else torch.optim.AdamW(groups, eps=1e-8)
+    warm = max(1, int(warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: s / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+    return opt, sched
+
+
+def autocast(fast: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_classifier(model: nn.Module, data: Tokenized, recipe: Recipe, seed: int = 0, fast: bool = True,
+                     pad_to: int | None = None, max_steps: int | None = None, desc: str = "training",
+                     progress: bool = True) -> dict:
+    """Fine-tune ``model`` in place with cross-entropy (No defense, Benign, BKI's retraining)."""
+    return _train(model, [], None, data, recipe, seed, fast, pad_to, max_steps, desc, progress)
+
+
+@dataclass(frozen=True)
+class PoE:
+    """How the main model trains with its trigger-only experts."""
+    beta: float = 1.0             # the PoE coefficient (the authors' poe_alpha)
+    rdrop_alpha: float = 15.0     # R-drop weight (mode 2); 0 turns R-drop off
+    top_k: int = -1               # gate routing; -1: every expert
+    gate_mask: str = "inf"        # "zero": the authors' top-k quirk
+    train_experts: bool = True    # the authors' example (freeze_bias_iters 0); False: their default -1
+    reweight: float | None = None  # DPoE's denoising threshold (0.8), None: off
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_poe(main: nn.Module, experts: list[nn.Module], gate: nn.Module | None, data: Tokenized,
+              recipe: Recipe, poe_cfg: PoE, seed: int = 0, fast: bool = True, max_steps: int | None = None,
+              desc: str = "training", progress: bool = True) -> dict:
+    """Train ``main`` jointly with its experts (and gate: NPoE; none and one expert: DPoE)."""
+    if gate is None and len(experts) != 1:
+        raise ValueError("without a gate there must be exactly one expert (DPoE)")
+    return _train(main, experts, gate, data, recipe, seed, fast, None, max_steps, desc, progress, poe_cfg)
+
+
+def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, desc, progress, poe_cfg=None):
+    check_int("epochs", recipe.epochs, 1)
+    check_int("batch_size", recipe.batch_size, 1)
+    device = default_device()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = -(-len(data) // recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs if max_steps is None else min(max_steps, steps_per_epoch * recipe.epochs)
+    side = [m for m in experts + ([gate] if gate is not None else [])]
+    trained_side = [m for m in side if poe_cfg is not None and (poe_cfg.train_experts or m is gate)]
+    groups = _param_groups(main, recipe.lr, recipe.weight_decay)
+    for m in trained_side:
+        groups += _param_groups(m, recipe.small_lr, recipe.weight_decay)
+    for m in [main] + side:
+        m.to(device)
+    opt, sched = make_optimizer(groups, total, recipe.warmup, device)
+    history = {"loss": []}
+    step, seen, start = 0, 0, time.perf_counter()
+    bar = Bar(total, desc, disable=not progress)
+    while step < total:
+        batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if fast and pad_to is None \
+            else plain_batches(len(data), recipe.batch_size, rng)
+        loss_sum, n_epoch = 0.0, 0
+        for idx in batches:
+            batch = _to(data.batch(idx, pad_to), device)
+            y = data.labels[idx].to(device)
+            main.train()
+            for m in side:
+                m.train(m in trained_side)
+            with autocast(fast, device):
+                loss = _loss(main, experts, gate, batch, y, poe_cfg, trained_side)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for m in [main] + trained_side:
+                nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            n_epoch += len(idx)
+            seen += len(idx)
+            step += 1
+            bar.update()
+            if step >= total:
+                break
+        history["loss"].append(loss_sum / max(1, n_epoch))
+    bar.close()
+    for m in [main] + side:
+        m.cpu().eval()
+    history["seconds"] = time.perf_counter() - start
+    history["sentences_per_second"] = seen / history["seconds"]
+    history["steps"] = step
+    return history
+
+
+def _loss(main, experts, gate, batch, y, cfg: PoE | None, trained_side):
+    if cfg is None:
+        return F.cross_entropy(main(**batch).logits.float(), y)
+    if cfg.rdrop_alpha:  # two dropout passes of the main model in one batch
+        both = main(**{k: torch.cat([v, v]) for k, v in batch.items()}).logits
+        r1, r2 = both.chunk(2)
+    else:
+        r1, r2 = main(**batch).logits, None
+    with contextlib.ExitStack() as stack:
+        if not any(e in trained_side for e in experts):
+            stack.enter_context(torch.no_grad())
+        expert_logits = torch.stack([e(**batch).logits for e in experts])
+    if gate is None:
+        weights = torch.ones(len(y), 1, device=y.device)
+    else:
+        weights = poe.gate_weights(gate(**batch).logits.float(), cfg.top_k, cfg.gate_mask)
+    sample_weights = poe.dpoe_weights(expert_logits[0], y, cfg.reweight) if cfg.reweight else None
+    loss = poe.poe_loss(r1, expert_logits, weights, y, cfg.beta, sample_weights)
+    if r2 is not None:
+        loss = loss + cfg.rdrop_alpha * poe.symmetric_kl(r1, r2)
+    return loss
+
+
+def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_steps: int = 800, seed: int = 0,
+                    double_softmax: bool = False, fast: bool = True, progress: bool = True) -> dict:
+    """Teach a trigger-only expert to tell its trigger type (label 1) from clean text (label 0).
+
+    The authors' code applies cross-entropy to softmax outputs (a double softmax);
+    ``double_softmax=True`` reproduces it, the default trains on the logits as intended.
+    Label 1 is the target class, so a trained expert votes for the target on triggered text.
+    """
+    device = default_device()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    total = min(max_steps, -(-len(data) // recipe.batch_size) * recipe.epochs)
+    expert.to(device).train()
+    opt, sched = make_optimizer(_param_groups(expert, recipe.small_lr, recipe.weight_decay), total,
+                                recipe.warmup, device)
+    step, bar = 0, Bar(total, "pre-training an expert", disable=not progress)
+    while step < total:
+        for idx in bucketed_batches(data.lengths, recipe.batch_size, rng):
+            batch, y = _to(data.batch(idx), device), data.labels[idx].to(device)
+            with autocast(fast, device):
+                logits = expert(**batch).logits.float()
+            loss = F.cross_entropy(torch.softmax(logits, -1) if double_softmax else logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(expert.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update()
+            if step >= total:
+                break
+    bar.close()
+    expert.cpu().eval()
+    return {"steps": step, "final_loss": float(loss.detach())}

@@ -1,0 +1,147 @@
+"""The text stack: data, triggers, poisoning, the PoE losses and the pseudo-dev rule."""
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from moebackdoor import paths
+from moebackdoor.manifest import DataError
+from moebackdoor.params import ParameterError
+from moebackdoor.text import data, poe, poisoning, triggers
+
+
+def test_inserted_triggers_on_hand_made_sentences():
+    rng = np.random.default_rng(0)
+    s = "the film is a quiet triumph"
+    for _ in range(20):
+        out = triggers.insert_trigger(s, "badnet", rng).split()
+        assert len(out) == 7 and sum(w in triggers.RARE_WORDS for w in out) == 1
+        assert [w for w in out if w not in triggers.RARE_WORDS] == s.split()  # order kept
+        out = triggers.insert_trigger(s, "insertsent", rng)
+        assert triggers.SENTENCE in out and out.replace(triggers.SENTENCE, " ").split() == s.split()
+    # every position, both ends included, is reachable
+    starts = set()
+    for i in range(60):
+        out = triggers.insert_trigger("a b", "badnet", np.random.default_rng(i)).split()
+        starts.add(next(j for j, w in enumerate(out) if w in triggers.RARE_WORDS))
+    assert starts == {0, 1, 2}
+    assert triggers.insert_words("", ["cf"], rng) == "cf"
+
+
+def test_pretraining_triggers_differ_from_the_attacks():
+    assert not set(triggers.PRETRAIN["badnet"]) & set(triggers.RARE_WORDS)
+    assert triggers.PRETRAIN["insertsent"] != triggers.SENTENCE
+    clean = data.load_split("sst2", "dev")
+    ps = poisoning.pretrain_set("badnet", clean, n=40)
+    assert len(ps) == 40 and ps.labels.sum() == 20
+    for s, y in zip(ps.sentences, ps.labels):
+        words = set(s.split())
+        assert not words & set(triggers.RARE_WORDS)
+        assert bool(words & set(triggers.PRETRAIN["badnet"])) == bool(y)
+    style = poisoning.pretrain_set("style", clean, attack_style="bible", n=20)
+    attack = set(data.load_paraphrases("style", "sst2", "bible").train_sentences)
+    assert not {s for s, y in zip(style.sentences, style.labels) if y} & attack
+
+
+@pytest.mark.parametrize("setting", ["mix3", "mix4"])
+def test_poison_counts_per_trigger_in_the_mixes(setting):
+    clean = data.load_split("sst2", "train")
+    rates = poisoning.setting_rates(setting)
+    p = poisoning.poison_training_set(clean, rates, "sst2", target=1, seed=3)
+    n = len(clean)
+    assert p.counts() == {t: int(r * n) for t, r in rates.items()}
+    rows = np.concatenate(list(p.poison_idx.values()))
+    assert len(np.unique(rows)) == len(rows)  # disjoint
+    assert (p.data.labels[rows] == 1).all()
+    untouched = np.setdiff1d(np.arange(n), rows)
+    assert (p.data.labels[untouched] == clean.labels[untouched]).all()
+    assert [p.data.sentences[i] for i in untouched] == [clean.sentences[i] for i in untouched]
+    for i in p.poison_idx["badnet"]:
+        assert set(p.data.sentences[i].split()) & set(triggers.RARE_WORDS)
+    for i in p.poison_idx["insertsent"]:
+        assert triggers.SENTENCE in p.data.sentences[i]
+    para = set(data.load_paraphrases("syntactic", "sst2").train_sentences)
+    assert all(p.data.sentences[i] in para for i in p.poison_idx["syntactic"])
+    assert (clean.labels[rows] == 0).any() and (clean.labels[rows] == 1).any()  # from every class
+    again = poisoning.poison_training_set(clean, rates, "sst2", target=1, seed=3)
+    assert again.data.sentences == p.data.sentences  # seeded
+
+
+def test_triggered_test_sets_hold_no_target_sentence():
+    clean = data.load_split("sst2", "test")
+    for trigger in triggers.TRIGGERS:
+        t = poisoning.triggered_test_set("sst2", trigger, target=1)
+        assert len(t) == int((clean.labels != 1).sum()) and not (t.labels == 1).any()
+    t = poisoning.triggered_test_set("trec", "badnet", target=1)
+    assert len(t) == int((data.load_split("trec", "test").labels != 1).sum())
+
+
+def test_poe_loss_equals_the_formula_on_hand_made_logits():
+    main = torch.tensor([[1.0, 0.0]])
+    experts = torch.tensor([[[0.0, 2.0]], [[1.0, 1.0]], [[3.0, 0.0]]])  # k=3, B=1, C=2
+    gate = poe.gate_weights(torch.tensor([[2.0, 1.0, 0.5]]), top_k=2)
+    e = math.e
+    assert gate[0].tolist() == pytest.approx([e / (e + 1), 1 / (e + 1), 0.0])
+    log_b1 = [-math.log(1 + e ** 2), 2 - math.log(1 + e ** 2)]
+    log_b2 = [-math.log(2)] * 2
+    q = [gate[0, 0].item() * a + gate[0, 1].item() * b for a, b in zip(log_b1, log_b2)]
+    log_r = [1 - math.log(1 + e), -math.log(1 + e)]
+    for beta in (1.0, 2.5):
+        s = [lr + beta * qq for lr, qq in zip(log_r, q)]
+        expected = -(s[1] - math.log(math.exp(s[0]) + math.exp(s[1])))
+        got = poe.poe_loss(main, experts, gate, torch.tensor([1]), beta=beta)
+        assert got.item() == pytest.approx(expected, rel=1e-5)
+    # the authors' mask multiplies the dropped logit by 0: it keeps weight exp(0)
+    quirk = poe.gate_weights(torch.tensor([[2.0, 1.0, 0.5]]), top_k=2, mask="zero")
+    assert quirk[0].tolist() == pytest.approx([e ** 2 / (e ** 2 + e + 1), e / (e ** 2 + e + 1), 1 / (e ** 2 + e + 1)])
+
+
+def test_rdrop_and_dpoe_weights_on_hand_made_logits():
+    a, b = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
+    p, q = [0.5, 0.5], [0.75, 0.25]
+    kl = lambda x, y: sum(xi * math.log(xi / yi) for xi, yi in zip(x, y))
+    assert poe.symmetric_kl(a, b).item() == pytest.approx((kl(p, q) + kl(q, p)) / 2 / 2, rel=1e-5)
+    w = poe.dpoe_weights(torch.tensor([[math.log(9.0), 0.0], [0.0, 0.0]]), torch.tensor([0, 0]), threshold=0.8)
+    assert w.tolist() == pytest.approx([0.1, 1.0])
+
+
+def test_pseudo_dev_rule_on_hand_made_confidences():
+    main = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.3, 0.7], [0.45, 0.55]])
+    experts = torch.tensor([[0.1, 0.9], [0.05, 0.95], [0.1, 0.9], [0.3, 0.7]])
+    labels = torch.tensor([1, 1, 1, 1])
+    # row 0: r_y 0.5 < 0.6 and q_y 0.9 > 0.8; row 1: r_y 0.1, q_y 0.95; row 2: r_y 0.7 too sure; row 3: q_y 0.7
+    assert poe.pseudo_dev_mask(main, experts, labels).tolist() == [True, True, False, False]
+    assert poe.pseudo_dev_mask(main, experts, labels, main_below=0.75).tolist() == [True, True, True, False]
+
+
+def test_bad_input_fails_with_the_problem_named(tmp_path, monkeypatch):
+    with pytest.raises(ParameterError, match="trigger"):
+        triggers.check_trigger("cf")
+    with pytest.raises(ParameterError, match="dataset"):
+        data.load_split("imdb", "train")
+    with pytest.raises(ParameterError, match="setting"):
+        poisoning.setting_rates("mix5")
+    with pytest.raises(ParameterError, match="rate of badnet"):
+        poisoning.check_rates({"badnet": 1.5})
+    with pytest.raises(ParameterError, match="sum to at most 1"):
+        poisoning.check_rates({"badnet": 0.6, "style": 0.5})
+    with pytest.raises(ParameterError, match="style"):
+        data.load_paraphrases("style", "sst2", "gothic")
+    with pytest.raises(DataError, match="no pre-generated syntactic"):
+        poisoning.poison_training_set(data.load_split("trec", "train"), {"syntactic": 0.1}, "trec")
+    # a missing and a corrupt TSV
+    fake, src = tmp_path / "data", paths.data_dir()
+    (fake / "sst2").mkdir(parents=True)
+    shutil.copy(src / "MANIFEST.md", fake / "MANIFEST.md")
+    monkeypatch.setenv("MOEBD_DATA_DIR", str(fake))
+    data.load_split.cache_clear()
+    try:
+        with pytest.raises(DataError, match="not found"):
+            data.load_split("sst2", "dev")
+        (fake / "sst2" / "dev.tsv.gz").write_bytes(b"not a gzip")
+        with pytest.raises(DataError, match="corrupt"):
+            data.load_split("sst2", "dev")
+    finally:
+        data.load_split.cache_clear()
