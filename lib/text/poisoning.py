@@ -62,8 +62,10 @@ class PoisonedText:
 
 
 def poison_training_set(clean: TextSet, rates: dict, dataset: str, target: int = 1, seed: int = 0,
-                        style: str = "bible") -> PoisonedText:
+                        style: str = "bible", rows_in_full: np.ndarray | None = None) -> PoisonedText:
+    """``rows_in_full``: where ``clean``'s rows sit in the full training set, when it is a subset."""
     rates = check_rates(rates)
+    rows_in_full = np.arange(len(clean)) if rows_in_full is None else np.asarray(rows_in_full)
     if not 0 <= target <= int(clean.labels.max()):
         raise ParameterError("target", f"a class of {dataset}", target)
     rng = np.random.default_rng(seed)
@@ -81,8 +83,10 @@ def poison_training_set(clean: TextSet, rates: dict, dataset: str, target: int =
         else:
             para = load_paraphrases(trigger, dataset, style, target)
             if (para.train_rows >= 0).all():  # row-aligned: the chosen row's own paraphrase
-                pick = rng.permutation(np.flatnonzero(free[para.train_rows]))[:k]
-                rows = para.train_rows[pick]
+                of_row = {int(r): j for j, r in enumerate(para.train_rows)}
+                have = np.array([p for p in np.flatnonzero(free) if int(rows_in_full[p]) in of_row], dtype=np.int64)
+                rows = rng.permutation(have)[:k]
+                pick = [of_row[int(rows_in_full[p])] for p in rows]
             else:
                 rows = rng.permutation(np.flatnonzero(free))[:min(k, len(para.train_sentences))]
                 pick = rng.permutation(len(para.train_sentences))[:len(rows)]

@@ -1,0 +1,224 @@
+"""Cached runs of chapter 3: one text classifier trained under one attack setting by one method.
+
+A run poisons the (optionally subsampled) training set with a setting's triggers, trains
+with a method, and measures CACC on the whole clean test set and the ASR of each trigger on
+its whole triggered non-target test set. A mix's overall ASR weighs the triggers' ASRs by
+their poison rates (the authors' test mixtures hold the triggers in those proportions).
+
+Methods that train: ``no_defense``, ``benign`` (the clean training set), ``dpoe`` (one
+shallow trigger-only expert, R-drop), ``npoe`` (pre-trained experts, gate, R-drop).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from ..metrics import accuracy, attack_success_rate
+from ..params import ParameterError, check_choice, check_int, check_optional_int
+from ..runcache import RunCache
+from . import poe
+from .data import SIZES, TextSet, check_dataset, check_style, load_split, n_classes
+from .models import DEFAULT_ENCODER, TextClassifier, load_classifier, load_tokenizer
+from .poisoning import SETTINGS, check_setting, poison_training_set, pretrain_set, setting_rates, triggered_test_set
+from .training import PoE, Recipe, Tokenized, pretrain_expert, train_classifier, train_poe
+
+SCHEMA = 1  # bump when a change to the code invalidates cached runs
+TRAINED = ("no_defense", "benign", "dpoe", "npoe")
+# the authors' expert pre-training order: expert b gets set b mod 4
+EXPERT_ORDER = ("insertsent", "syntactic", "badnet", "style")
+
+PROFILES = {
+    # every code path in about a minute; numbers are not meaningful
+    "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "max_length": 48,
+              "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2),
+              "seeds": (0,)},
+    # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
+    "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": 3000, "max_length": 64,
+              "recipe": dict(epochs=2, batch_size=16, lr=5e-5, small_lr=5e-5),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
+              "seeds": (0,)},
+    # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
+    "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "max_length": 256,
+              "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
+              "seeds": (0, 1, 2, 3, 4)},
+}
+
+
+def profile(name: str) -> dict:
+    return copy.deepcopy(PROFILES[check_choice("profile", name, PROFILES)])
+
+
+def run_config(profile_name: str, dataset: str, setting: str, method: str, seed: int = 0, target: int = 1,
+               style: str = "bible", rate_scale: float = 1.0, poe_params: dict | None = None,
+               expert_params: dict | None = None, **overrides) -> dict:
+    """The full configuration of one run; its hash names the run's cache directory.
+
+    ``overrides``: ``encoder``, ``layers``, ``n_train``, ``max_length``, ``epochs``.
+    ``poe_params`` override :class:`PoE` fields (``beta``, ``rdrop_alpha``, ``top_k``, ...);
+    ``expert_params``: ``n``, ``layers``, ``gate_layers``, ``pretrain_n``, ``pretrain_steps``,
+    ``double_softmax``.
+    """
+    p = profile(profile_name)
+    check_dataset(dataset)
+    check_setting(setting)
+    check_choice("method", method, TRAINED)
+    check_style(style)
+    unknown = set(overrides) - {"encoder", "layers", "n_train", "max_length", "epochs"}
+    if unknown:
+        raise ParameterError("overrides", "encoder, layers, n_train, max_length or epochs", sorted(unknown))
+    check_int("seed", seed)
+    check_int("target", target, 0, n_classes(dataset) - 1)
+    n_train = check_optional_int("n_train", overrides.get("n_train", p["n_train"]), 1, SIZES[dataset][0])
+    recipe = dict(p["recipe"], epochs=check_int("epochs", overrides.get("epochs", p["recipe"]["epochs"]), 1),
+                  max_length=check_int("max_length", overrides.get("max_length", p["max_length"]), 8))
+    rates = setting_rates(setting, rate_scale)
+    config = {
+        "schema": SCHEMA, "chapter": "npoe", "profile": profile_name, "dataset": dataset,
+        "setting": setting, "rates": rates, "style": style, "target": target, "seed": seed,
+        "method": method, "encoder": overrides.get("encoder", p["encoder"]),
+        "layers": check_optional_int("layers", overrides.get("layers", p["layers"]), 1),
+        "n_train": n_train, "recipe": Recipe(**recipe).as_dict(),
+    }
+    if method in ("dpoe", "npoe"):
+        experts = dict(p["experts"], double_softmax=False, **(expert_params or {}))
+        if method == "dpoe":  # one expert, no pre-training, no gate (DPoE's recipe, with R-drop)
+            experts.update(n=1, pretrain_steps=0, gate_layers=0)
+        check_int("experts", experts["n"], 1)
+        check_int("expert layers", experts["layers"], 1)
+        config["experts"] = experts
+        config["poe"] = PoE(**(poe_params or {})).as_dict()
+    return config
+
+
+def run_label(config: dict) -> str:
+    scale = sum(config["rates"].values())
+    return f"{config['dataset']} {config['setting']} ({scale * 100:g}%) {config['method']} seed {config['seed']}"
+
+
+def training_set(config: dict):
+    """The run's training subset (seeded) and its poisoned version (the poison is drawn on the subset)."""
+    full = load_split(config["dataset"], "train")
+    rows = np.arange(len(full))
+    if config["n_train"] is not None:
+        rows = np.sort(np.random.default_rng(config["seed"]).permutation(len(full))[:config["n_train"]])
+    clean = full.subset(rows)
+    return clean, poison_training_set(clean, config["rates"], config["dataset"], config["target"],
+                                      config["seed"], config["style"], rows_in_full=rows)
+
+
+def evaluate(classifier: TextClassifier, config: dict, filter_fn=None) -> dict:
+    """CACC on the clean test set, ASR per trigger and overall (rate-weighted), in percent.
+
+    ``filter_fn(sentences) -> (sentences, keep)`` is a test-time defense: it may rewrite the
+    sentences (ONION) and reject some (``keep`` False: STRIP, RAP); a rejected sentence
+    counts as neither correct nor attacked."""
+    def predictions(sentences):
+        if filter_fn is None:
+            return classifier.predict(sentences), np.ones(len(sentences), dtype=bool)
+        sentences, keep = filter_fn(sentences)
+        return classifier.predict(sentences), np.asarray(keep)
+
+    test = load_split(config["dataset"], "test")
+    pred, keep = predictions(test.sentences)
+    metrics = {"cacc": accuracy(np.where(keep, pred, -1), test.labels), "asr_by_trigger": {}}
+    for trigger in config["rates"]:
+        t = triggered_test_set(config["dataset"], trigger, config["target"], config["seed"], config["style"])
+        pred, keep = predictions(t.sentences)
+        metrics["asr_by_trigger"][trigger] = attack_success_rate(np.where(keep, pred, -1), t.labels,
+                                                                 config["target"])
+    rates = config["rates"]
+    metrics["asr"] = sum(metrics["asr_by_trigger"][t] * r for t, r in rates.items()) / sum(rates.values())
+    return metrics
+
+
+def _main_model(config: dict, seed_offset: int = 0):
+    return load_classifier(config["encoder"], n_classes(config["dataset"]), config["layers"],
+                           seed=config["seed"] + seed_offset)
+
+
+def run_training(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
+    """Train and evaluate one configuration (no caching: see :func:`results`)."""
+    seed, recipe = config["seed"], Recipe(**config["recipe"])
+    tokenizer = load_tokenizer(config["encoder"])
+    clean, poisoned = training_set(config)
+    train_data = clean if config["method"] == "benign" else poisoned.data
+    data = Tokenized(tokenizer, train_data, recipe.max_length)
+    model = _main_model(config)
+    metrics = {"n_train": len(train_data), "n_poisoned": poisoned.counts(), "requested": poisoned.requested}
+    tensors = {}
+    if config["method"] in ("no_defense", "benign"):
+        metrics["history"] = train_classifier(model, data, recipe, seed, max_steps=max_steps, desc=run_label(config))
+    else:
+        experts, gate, pre = _experts(config, tokenizer, recipe)
+        metrics["pretraining"] = pre
+        metrics["history"] = train_poe(model, experts, gate, data, recipe, PoE(**config["poe"]), seed,
+                                       max_steps=max_steps, desc=run_label(config))
+        metrics["pseudo_dev"] = pseudo_dev(config, model, experts, gate, tokenizer, data)
+    classifier = TextClassifier(model, tokenizer, recipe.max_length)
+    metrics.update(evaluate(classifier, config))
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return metrics, tensors
+
+
+def _experts(config: dict, tokenizer, recipe: Recipe):
+    """The trigger-only experts (the encoder's first layers), pre-trained on the defender's own
+    trigger instances over clean dev sentences, and the gate (none for DPoE)."""
+    e = config["experts"]
+    n_labels = n_classes(config["dataset"])
+    experts, history = [], []
+    dev = load_split(config["dataset"], "dev")
+    for j in range(e["n"]):
+        expert = load_classifier(config["encoder"], n_labels, e["layers"], seed=config["seed"] + 1 + j)
+        if e["pretrain_steps"]:
+            kind = EXPERT_ORDER[j % len(EXPERT_ORDER)]
+            ps = pretrain_set(kind, dev, config["style"], e["pretrain_n"], seed=config["seed"] + j)
+            history.append(dict(trigger=kind, **pretrain_expert(
+                expert, Tokenized(tokenizer, ps, recipe.max_length), recipe, e["pretrain_steps"],
+                config["seed"] + j, e["double_softmax"], progress=False)))
+        experts.append(expert)
+    gate = load_classifier(config["encoder"], e["n"], e["gate_layers"], seed=config["seed"] + 100) \
+        if e["gate_layers"] else None
+    return experts, gate, history
+
+
+@torch.no_grad()
+def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, batch_size: int = 64) -> dict:
+    """NPoE's model-selection signals on the training set: the share flagged pseudo-poisoned
+    (r_y < R and q_y > B), and the main model's accuracy on 100 clean dev sentences."""
+    cfg = PoE(**config["poe"])
+    r_all, q_all = [], []
+    for start in range(0, len(data), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(data)))
+        batch = data.batch(idx)
+        r_all.append(torch.softmax(main(**batch).logits.float(), -1))
+        weights = poe.gate_weights(gate(**batch).logits.float(), cfg.top_k, cfg.gate_mask) if gate is not None \
+            else torch.ones(len(idx), 1)
+        q = poe.expert_mixture(torch.stack([e(**batch).logits for e in experts]), weights)
+        q_all.append(torch.softmax(q, -1))
+    r, q = torch.cat(r_all), torch.cat(q_all)
+    flagged = poe.pseudo_dev_mask(r, q, data.labels)
+    dev = load_split(config["dataset"], "dev")
+    small = dev.subset(np.random.default_rng(0).permutation(len(dev))[:100])
+    clf = TextClassifier(main, tokenizer, config["recipe"]["max_length"])
+    return {"detected_rate": float(flagged.float().mean()),
+            "clean_small_acc": accuracy(clf.predict(small.sentences), small.labels)}
+
+
+def load_model(run) -> TextClassifier:
+    """The trained classifier of a cached run."""
+    c = run.config
+    model = load_classifier(c["encoder"], n_classes(c["dataset"]), c["layers"])
+    model.load_state_dict({k[len("model."):]: v for k, v in run.tensors().items() if k.startswith("model.")})
+    return TextClassifier(model.eval(), load_tokenizer(c["encoder"]), c["recipe"]["max_length"])
+
+
+def results(configs: list[dict], cache: RunCache | None = None, force: bool = False, executor=None) -> list:
+    """Run (or load) every configuration, in order."""
+    return (cache or RunCache()).sweep(configs, run_training, force, desc="NPoE runs", label=run_label,
+                                       executor=executor)
