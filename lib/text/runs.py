@@ -2,8 +2,9 @@
 
 A run poisons the (optionally subsampled) training set with a setting's triggers, trains
 with a method, and measures CACC on the whole clean test set and the ASR of each trigger on
-its whole triggered non-target test set. A mix's overall ASR weighs the triggers' ASRs by
-their poison rates (the authors' test mixtures hold the triggers in those proportions).
+its whole triggered non-target test set (``smoke`` cuts each test set to ``n_test`` sentences).
+A mix's overall ASR weighs the triggers' ASRs by their poison rates (the authors' test mixtures
+hold the triggers in those proportions).
 
 Methods that train: ``no_defense``, ``benign`` (the clean training set), ``dpoe`` (one
 shallow trigger-only expert, R-drop), ``npoe`` (pre-trained experts, gate, R-drop).
@@ -32,17 +33,17 @@ EXPERT_ORDER = ("insertsent", "syntactic", "badnet", "style")
 
 PROFILES = {
     # every code path in about a minute; numbers are not meaningful
-    "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "max_length": 48,
+    "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "n_test": 200, "max_length": 48,
               "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2),
               "seeds": (0,)},
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
-    "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": 3000, "max_length": 64,
+    "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": 3000, "n_test": None, "max_length": 64,
               "recipe": dict(epochs=2, batch_size=16, lr=5e-5, small_lr=5e-5),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
               "seeds": (0,)},
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
-    "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "max_length": 256,
+    "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
               "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
               "seeds": (0, 1, 2, 3, 4)},
@@ -82,10 +83,10 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
         "setting": setting, "rates": rates, "style": style, "target": target, "seed": seed,
         "method": method, "encoder": overrides.get("encoder", p["encoder"]),
         "layers": check_optional_int("layers", overrides.get("layers", p["layers"]), 1),
-        "n_train": n_train, "recipe": Recipe(**recipe).as_dict(),
+        "n_train": n_train, "n_test": p["n_test"], "recipe": Recipe(**recipe).as_dict(),
     }
     if method in ("dpoe", "npoe"):
-        experts = dict(p["experts"], double_softmax=False, **(expert_params or {}))
+        experts = {**p["experts"], "double_softmax": False, **(expert_params or {})}
         if method == "dpoe":  # one expert, no pre-training, no gate (DPoE's recipe, with R-drop)
             experts.update(n=1, pretrain_steps=0, gate_layers=0)
         check_int("experts", experts["n"], 1)
@@ -123,11 +124,15 @@ def evaluate(classifier: TextClassifier, config: dict, filter_fn=None) -> dict:
         sentences, keep = filter_fn(sentences)
         return classifier.predict(sentences), np.asarray(keep)
 
-    test = load_split(config["dataset"], "test")
+    def cut(s: TextSet) -> TextSet:  # smoke only: a seeded part of each test set
+        n = config.get("n_test")
+        return s if n is None or n >= len(s) else s.subset(np.random.default_rng(0).permutation(len(s))[:n])
+
+    test = cut(load_split(config["dataset"], "test"))
     pred, keep = predictions(test.sentences)
     metrics = {"cacc": accuracy(np.where(keep, pred, -1), test.labels), "asr_by_trigger": {}}
     for trigger in config["rates"]:
-        t = triggered_test_set(config["dataset"], trigger, config["target"], config["seed"], config["style"])
+        t = cut(triggered_test_set(config["dataset"], trigger, config["target"], config["seed"], config["style"]))
         pred, keep = predictions(t.sentences)
         metrics["asr_by_trigger"][trigger] = attack_success_rate(np.where(keep, pred, -1), t.labels,
                                                                  config["target"])

@@ -1,0 +1,47 @@
+"""Chapter 3 at smoke: the notebook executes through papermill, and its table has the agreed shape."""
+import pandas as pd
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from moebackdoor import book
+from moebackdoor.params import ParameterError
+from moebackdoor.text import npoe_paper, runs
+
+
+def test_npoe_chapter_executes_at_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEBD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOEBD_OUTPUT_DIR", str(tmp_path / "out"))
+    book.execute_notebook(book.NOTEBOOKS / "npoe.md", tmp_path / "nb", {"profile": "smoke"})
+    table = pd.read_csv(tmp_path / "out" / "tables" / f"{npoe_paper.TABLE_ID}.csv", keep_default_na=False,
+                        na_values=[""])
+    assert list(table.columns) == npoe_paper.COLUMNS
+    assert set(table.method) == set(runs.TRAINED)
+    overall = table[table.trigger.isna()]
+    assert len(overall) == len(runs.TRAINED) and overall.cacc.between(0, 100).all()
+    assert set(table.trigger.dropna()) == {"badnet", "insertsent", "syntactic"}
+    npoe = overall[overall.method == "npoe"].iloc[0]
+    assert npoe.paper_asr == pytest.approx(26.0) and npoe.paper_cacc == pytest.approx(91.8)  # percent
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(dataset="imdb"), "dataset"), (dict(setting="mix5"), "setting"), (dict(method="magic"), "method"),
+    (dict(seed=-1), "seed"), (dict(epochs=0), "epochs"), (dict(n_train=10 ** 6), "n_train"),
+    (dict(style="gothic"), "style"), (dict(target=2), "target"),
+])
+def test_bad_run_settings_name_the_parameter(kwargs, name):
+    args = dict(profile_name="smoke", dataset="sst2", setting="mix3", method="npoe") | kwargs
+    with pytest.raises(ParameterError, match=f"parameter `{name}`"):
+        runs.run_config(**args)
+
+
+def test_bad_chapter_parameters_fail_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEBD_CACHE_DIR", str(tmp_path / "cache"))
+    source = book.NOTEBOOKS / "npoe.md"
+    with pytest.raises(ParameterError, match="`width`: expected one of the parameters of npoe"):
+        book.execute_notebook(source, tmp_path / "nb", {"profile": "smoke", "width": 2})
+    for name, value in [("settings", ["mix9"]), ("seeds", [-1]), ("epochs", 0), ("n_train", 10 ** 6),
+                        ("gate_mask", "none"), ("datasets", ["imdb"])]:
+        with pytest.raises(PapermillExecutionError) as err:
+            book.execute_notebook(source, tmp_path / "nb", {"profile": "smoke", name: value})
+        assert err.value.ename == "ParameterError" and f"parameter `{name}`" in err.value.evalue
+    assert not (tmp_path / "cache" / "runs").exists()  # nothing trained
