@@ -113,9 +113,11 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 def train_classifier(model: nn.Module, data: Tokenized, recipe: Recipe, seed: int = 0, fast: bool = True,
                      pad_to: int | None = None, max_steps: int | None = None, desc: str = "training",
-                     progress: bool = True) -> dict:
-    """Fine-tune ``model`` in place with cross-entropy (No defense, Benign, BKI's retraining)."""
-    return _train(model, [], None, data, recipe, seed, fast, pad_to, max_steps, desc, progress)
+                     progress: bool = True, bucket: bool | None = None) -> dict:
+    """Fine-tune ``model`` in place with cross-entropy (No defense, Benign, BKI's retraining).
+
+    ``bucket`` (default: ``fast`` and no ``pad_to``) draws batches from length buckets."""
+    return _train(model, [], None, data, recipe, seed, fast, pad_to, max_steps, desc, progress, bucket=bucket)
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def train_poe(main: nn.Module, experts: list[nn.Module], gate: nn.Module | None,
     return _train(main, experts, gate, data, recipe, seed, fast, None, max_steps, desc, progress, poe_cfg)
 
 
-def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, desc, progress, poe_cfg=None):
+def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, desc, progress, poe_cfg=None,
+           bucket=None):
     check_int("epochs", recipe.epochs, 1)
     check_int("batch_size", recipe.batch_size, 1)
     device = default_device()
@@ -161,7 +164,8 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
     step, seen, start = 0, 0, time.perf_counter()
     bar = Bar(total, desc, disable=not progress)
     while step < total:
-        batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if fast and pad_to is None \
+        bucketed = (fast and pad_to is None) if bucket is None else bucket
+        batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if bucketed \
             else plain_batches(len(data), recipe.batch_size, rng)
         loss_sum, n_epoch = 0.0, 0
         for idx in batches:

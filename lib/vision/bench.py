@@ -26,20 +26,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import machine
+from ..benchmarks import matmul_rate
 from ..reporting import save_table
 from .models import PMoEWRN
 from .training import Recipe, train
-
-
-def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
-    """Sustained FLOP/s of an n x n matmul in ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        count += 1
-    return 2 * n ** 3 * count / (time.perf_counter() - start)
 
 
 def training_flops_per_image(width: int, batch: int = 128) -> float:
