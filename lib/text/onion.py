@@ -35,7 +35,7 @@ def leave_one_out(words: Sequence[str]) -> list[str]:
 
 
 class Perplexity:
-    """Sentence perplexity under a causal LM: ``exp`` of the mean next-token loss, BOS included."""
+    """Sentence perplexity under a causal LM: ``exp`` of the mean next-token loss after a start token."""
 
     def __init__(self, name: str = DEFAULT_LM, batch_size: int = 32, max_length: int = MAX_LM_TOKENS,
                  device: str | torch.device | None = None):
@@ -79,8 +79,8 @@ class Perplexity:
                 mask[row, :len(ids[i])] = 1
             batch, mask = batch.to(self.device), mask.to(self.device)
             logits = self.model(input_ids=batch, attention_mask=mask).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch[:, 1:],
-                                                    reduction="none")
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(),
+                                                    reduction="none").view(len(idx), width - 1)
             target_mask = mask[:, 1:].float()
             mean_nll = (nll * target_mask).sum(1) / target_mask.sum(1)  # 0/0 = nan for empty texts
             out[idx] = mean_nll.exp().cpu().numpy()
