@@ -8,16 +8,14 @@ from moebackdoor.params import ParameterError
 from moebackdoor.text import npoe_paper, runs
 
 
-def test_npoe_chapter_executes_at_smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOEBD_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MOEBD_OUTPUT_DIR", str(tmp_path / "out"))
-    book.execute_notebook(book.NOTEBOOKS / "npoe.md", tmp_path / "nb", {"profile": "smoke"})
-    table = pd.read_csv(tmp_path / "out" / "tables" / f"{npoe_paper.TABLE_ID}.csv", keep_default_na=False,
+def test_npoe_chapter_executes_at_smoke(companion_env):
+    book.execute_notebook(book.NOTEBOOKS / "npoe.md", companion_env / "nb", {"profile": "smoke"})
+    table = pd.read_csv(companion_env / "generated" / "tables" / f"{npoe_paper.TABLE_ID}.csv", keep_default_na=False,
                         na_values=[""])
     assert list(table.columns) == npoe_paper.COLUMNS
-    assert set(table.method) == set(runs.TRAINED)
+    assert set(table.method) == set(runs.METHODS)
     overall = table[table.trigger.isna()]
-    assert len(overall) == len(runs.TRAINED) and overall.cacc.between(0, 100).all()
+    assert len(overall) == len(runs.METHODS) and overall.cacc.between(0, 100).all()
     assert set(table.trigger.dropna()) == {"badnet", "insertsent", "syntactic"}
     npoe = overall[overall.method == "npoe"].iloc[0]
     assert npoe.paper_asr == pytest.approx(26.0) and npoe.paper_cacc == pytest.approx(91.8)  # percent

@@ -7,7 +7,11 @@ A mix's overall ASR weighs the triggers' ASRs by their poison rates (the authors
 hold the triggers in those proportions).
 
 Methods that train: ``no_defense``, ``benign`` (the clean training set), ``dpoe`` (one
-shallow trigger-only expert, R-drop), ``npoe`` (pre-trained experts, gate, R-drop).
+shallow trigger-only expert, R-drop), ``npoe`` (pre-trained experts, gate, R-drop), ``bki``
+(No defense's model names suspected trigger words; the sentences holding them are dropped and a
+new model trained). Defenses at test time, on No defense's model: ``onion`` (rewrites inputs),
+``strip`` and ``rap`` (reject inputs). Their settings are OpenBackdoor's defaults, fitted on
+the clean dev set only (STRIP's and RAP's thresholds at a 1 % false rejection rate).
 """
 from __future__ import annotations
 
@@ -28,6 +32,12 @@ from .training import PoE, Recipe, Tokenized, pretrain_expert, train_classifier,
 
 SCHEMA = 1  # bump when a change to the code invalidates cached runs
 TRAINED = ("no_defense", "benign", "dpoe", "npoe")
+DEFENSES = ("onion", "bki", "strip", "rap")
+METHODS = TRAINED + DEFENSES
+# OpenBackdoor's defaults; ``n_test``: ONION's test sentences per set (its LM is slow on a CPU)
+DEFENSE_PARAMS = {"onion": {"threshold": 0.0}, "bki": {"top_k": 5, "n_keywords": 1},
+                  "strip": {"repeat": 5, "swap_ratio": 0.5, "frr": 0.01},
+                  "rap": {"rap_word": "cf", "epochs": 5, "lr": 1e-2, "prob_range": [-0.1, -0.3], "frr": 0.01}}
 # the authors' expert pre-training order: expert b gets set b mod 4
 EXPERT_ORDER = ("insertsent", "syntactic", "badnet", "style")
 
@@ -36,17 +46,17 @@ PROFILES = {
     "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "n_test": 200, "max_length": 48,
               "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2),
-              "seeds": (0,)},
+              "onion_n_test": 8, "n_dev": 100, "seeds": (0,)},
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
     "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": 3000, "n_test": None, "max_length": 64,
               "recipe": dict(epochs=2, batch_size=16, lr=5e-5, small_lr=5e-5),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
-              "seeds": (0,)},
+              "onion_n_test": 300, "n_dev": None, "seeds": (0,)},
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
               "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
-              "seeds": (0, 1, 2, 3, 4)},
+              "onion_n_test": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4)},
 }
 
 
@@ -67,7 +77,7 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
     p = profile(profile_name)
     check_dataset(dataset)
     check_setting(setting)
-    check_choice("method", method, TRAINED)
+    check_choice("method", method, METHODS)
     check_style(style)
     unknown = set(overrides) - {"encoder", "layers", "n_train", "max_length", "epochs"}
     if unknown:
@@ -93,7 +103,18 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
         check_int("expert layers", experts["layers"], 1)
         config["experts"] = experts
         config["poe"] = PoE(**(poe_params or {})).as_dict()
+    if method in DEFENSES:
+        config["defense"] = dict(DEFENSE_PARAMS[method])
+        if method == "onion":
+            config["defense"]["n_test"] = p["onion_n_test"]
+        if p["n_dev"] is not None:  # smoke: a part of the clean dev set fits the thresholds
+            config["defense"]["n_dev"] = p["n_dev"]
     return config
+
+
+def base_config(config: dict) -> dict:
+    """The No defense run that a test-time defense (or BKI) starts from."""
+    return {k: v for k, v in config.items() if k != "defense"} | {"method": "no_defense"}
 
 
 def run_label(config: dict) -> str:
@@ -146,8 +167,14 @@ def _main_model(config: dict, seed_offset: int = 0):
                            seed=config["seed"] + seed_offset)
 
 
+def run(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
+    """Train (or defend) and evaluate one configuration (no caching: see :func:`results`)."""
+    if config["method"] in DEFENSES:
+        return run_defense(config)
+    return run_training(config, max_steps)
+
+
 def run_training(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
-    """Train and evaluate one configuration (no caching: see :func:`results`)."""
     seed, recipe = config["seed"], Recipe(**config["recipe"])
     tokenizer = load_tokenizer(config["encoder"])
     clean, poisoned = training_set(config)
@@ -225,5 +252,52 @@ def load_model(run) -> TextClassifier:
 
 def results(configs: list[dict], cache: RunCache | None = None, force: bool = False, executor=None) -> list:
     """Run (or load) every configuration, in order."""
-    return (cache or RunCache()).sweep(configs, run_training, force, desc="NPoE runs", label=run_label,
+    return (cache or RunCache()).sweep(configs, run, force, desc="NPoE runs", label=run_label,
                                        executor=executor)
+
+
+def run_defense(config: dict) -> tuple[dict, dict]:
+    """A defense applied to No defense's cached model (trained first if missing)."""
+    from . import bki, onion, rap, strip
+
+    base = RunCache().get_or_run(base_config(config), run_training)
+    classifier, d = load_model(base), config["defense"]
+    dev = load_split(config["dataset"], "dev")
+    if d.get("n_dev"):
+        dev = dev.subset(np.random.default_rng(0).permutation(len(dev))[:d["n_dev"]])
+    metrics, tensors = {"base_run": base.path.name}, {}
+    start = time.perf_counter()
+    if config["method"] == "onion":
+        lm = onion.Perplexity()
+        metrics.update(evaluate(classifier, dict(config, n_test=d["n_test"]),
+                                lambda s: (onion.onion_filter(s, lm, d["threshold"], progress=False),
+                                           np.ones(len(s), dtype=bool))))
+    elif config["method"] == "strip":
+        ent = strip.strip_entropies(classifier, dev.sentences, dev.sentences, d["repeat"], d["swap_ratio"], config["seed"])
+        threshold = strip.fit_threshold(ent, d["frr"])
+        metrics["threshold"] = float(threshold)
+        metrics.update(evaluate(classifier, config, lambda s: (s, strip.strip_entropies(
+            classifier, s, dev.sentences, d["repeat"], d["swap_ratio"], config["seed"]) >= threshold)))
+    elif config["method"] == "rap":
+        detector = rap.fit_rap(classifier, dev.sentences, dev.labels, config["target"], d["rap_word"], d["epochs"],
+                               d["lr"], tuple(d["prob_range"]), frr=d["frr"])
+        metrics["threshold"] = float(detector.threshold)
+        metrics.update(evaluate(classifier, config, lambda s: (s, ~detector.detect(s))))
+    else:  # bki: drop the training sentences holding the suspected words, train anew
+        _, poisoned = training_set(config)
+        keywords = bki.bki_keywords(classifier, poisoned.data.sentences, d["top_k"], d["n_keywords"])
+        keep = bki.bki_filter(poisoned.data.sentences, keywords)
+        metrics["keywords"] = [[w, float(v)] for w, v in keywords]
+        metrics["removed"] = int((~keep).sum())
+        metrics["removed_poison"] = {t: int((~keep[i]).sum()) for t, i in poisoned.poison_idx.items()}
+        recipe = Recipe(**config["recipe"])
+        tokenizer = load_tokenizer(config["encoder"])
+        model = _main_model(config)
+        kept = poisoned.data.subset(np.flatnonzero(keep))
+        metrics["history"] = train_classifier(model, Tokenized(tokenizer, kept, recipe.max_length), recipe,
+                                              config["seed"], desc=run_label(config))
+        metrics.update(evaluate(TextClassifier(model, tokenizer, recipe.max_length), config))
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    metrics["defense_seconds"] = time.perf_counter() - start
+    metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return metrics, tensors
