@@ -236,11 +236,12 @@ def _execute_with_report(source: Path, out_dir: Path, parameters: dict, step: st
 
 def execute_all(profile: str, out_dir: Path = BOOK / "chapters", only: list[str] | None = None,
                 verbose: bool = False) -> list[Path]:
-    """Execute the chapters (all, or those named in ``only``) at ``profile``, then the summary pages."""
+    """Execute the chapters (all, or those named in ``only``) at ``profile``, then the summary pages
+    (always: they are quick, and name only summary pages in ``only`` to refresh just them)."""
     check_choice("profile", profile, PROFILES)
     sources = chapter_sources()
     if only:
-        check_choices("only", only, [s.stem for s in sources])
+        check_choices("only", only, [s.stem for s in sources] + list(SUMMARY_PAGES))
         sources = [s for s in sources if s.stem in only]
     pages = summary_sources()
     done = []
@@ -296,7 +297,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="execute every chapter at a profile, then the summary pages")
     ex.add_argument("--profile", default="quick", choices=PROFILES)
-    ex.add_argument("--only", nargs="*", help="chapter names (file stems) to execute")
+    ex.add_argument("--only", nargs="*", help="chapter names (file stems) to execute; the summary pages always run")
     run = sub.add_parser("run", help="re-execute one chapter with new parameters")
     run.add_argument("chapter", help=f"a chapter: {', '.join(s.stem for s in chapter_sources())}")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

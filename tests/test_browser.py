@@ -6,6 +6,7 @@ no internal link is broken. A screenshot of each page goes to ``book/_build/scre
 """
 import functools
 import http.server
+import os
 import re
 import shutil
 import threading
@@ -31,9 +32,11 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def served_book(smoke_book):
-    """The smoke book's HTML on http://127.0.0.1:<port>/."""
-    html = smoke_book[1] / "_build" / "html"
+def served_book(request):
+    """The smoke book's HTML on http://127.0.0.1:<port>/; with ``MOEBD_BROWSER_SITE=book/_build/html``,
+    an already built book instead (e.g. the quick one that ``make book`` built)."""
+    site = os.environ.get("MOEBD_BROWSER_SITE")
+    html = Path(site).resolve() if site else request.getfixturevalue("smoke_book")[1] / "_build" / "html"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield html, f"http://127.0.0.1:{server.server_address[1]}/"
