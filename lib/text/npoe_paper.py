@@ -85,20 +85,16 @@ def reproducibility_cells(tables_dir) -> pd.DataFrame:
         return pd.DataFrame([not_built("npoe", TABLE_ID)])
     t = pd.read_csv(path, keep_default_na=False, na_values=[""])
     t = t[t.trigger.isna() | (t.trigger == "")]
-    rows = []
-    for _, r in t.iterrows():
-        for m in ("cacc", "asr"):
-            if not pd.isna(r[f"paper_{m}"]):
-                rows.append({"chapter": "npoe", "artefact": TABLE_ID,
-                             "cell": f"{r.dataset}, {r.setting}, {METHOD_NAMES[r.method]}, {m.upper()}",
-                             "series": f"{TABLE_ID}:{r.dataset}:{r.setting}:{r.method}:{m}",
-                             "paper": r[f"paper_{m}"], "ours": r[m], "verified": False, "built": True})
-    for (ds, setting, method), _ in PAPER.items():  # paper cells this profile did not run
+
+    def cell(ds, setting, method, m, paper, ours):
+        return {"chapter": "npoe", "artefact": TABLE_ID,
+                "cell": f"{ds}, {setting}, {METHOD_NAMES[method]}, {m.upper()}",
+                "series": f"{TABLE_ID}:{ds}:{setting}:{method}:{m}", "paper": paper, "ours": ours,
+                "verified": False, "built": True}
+
+    rows = [cell(r.dataset, r.setting, r.method, m, r[f"paper_{m}"], r[m])
+            for _, r in t.iterrows() for m in ("cacc", "asr") if not pd.isna(r[f"paper_{m}"])]
+    for (ds, setting, method), numbers in PAPER.items():  # paper cells this profile did not run
         if not ((t.dataset == ds) & (t.setting == setting) & (t.method == method)).any():
-            for m, v in zip(("cacc", "asr"), PAPER[(ds, setting, method)]):
-                if v is not None:
-                    rows.append({"chapter": "npoe", "artefact": TABLE_ID,
-                                 "cell": f"{ds}, {setting}, {METHOD_NAMES[method]}, {m.upper()}",
-                                 "series": f"{TABLE_ID}:{ds}:{setting}:{method}:{m}", "paper": v,
-                                 "ours": np.nan, "verified": False, "built": True})
+            rows += [cell(ds, setting, method, m, v, np.nan) for m, v in zip(("cacc", "asr"), numbers) if v is not None]
     return pd.DataFrame(rows)

@@ -152,7 +152,7 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
     rng = np.random.default_rng(seed)
     steps_per_epoch = -(-len(data) // recipe.batch_size)
     total = steps_per_epoch * recipe.epochs if max_steps is None else min(max_steps, steps_per_epoch * recipe.epochs)
-    side = [m for m in experts + ([gate] if gate is not None else [])]
+    side = experts + ([gate] if gate is not None else [])
     trained_side = [m for m in side if poe_cfg is not None and (poe_cfg.train_experts or m is gate)]
     groups = _param_groups(main, recipe.lr, recipe.weight_decay)
     for m in trained_side:
