@@ -38,6 +38,13 @@ def check_fraction(name: str, value, what: str = "a fraction in [0, 1]") -> floa
     return float(value)
 
 
+def check_positive(name: str, value, allow_zero: bool = False) -> float:
+    """A real number > 0 (a learning rate, a coefficient), or >= 0 with ``allow_zero``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not (value >= 0 if allow_zero else value > 0):
+        raise ParameterError(name, f"a number {'>=' if allow_zero else '>'} 0", value)
+    return float(value)
+
+
 def check_list(name: str, values, check, allow_none: bool = True):
     """``None`` (the profile's default) or a non-empty list whose items pass ``check(name, item)``."""
     if values is None and allow_none:

@@ -38,6 +38,16 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
                    "pmoe-fig6-fine-pruning-routing", "pmoe-routing-rates"):
         assert (figures / f"{fig_id}.png").stat().st_size > 1000
 
+    npoe = pd.read_csv(tables / "npoe-results.csv", keep_default_na=False, na_values=[""])
+    assert list(npoe.columns) == ["dataset", "setting", "method", "trigger", "cacc", "asr", "paper_cacc", "paper_asr"]
+    overall = npoe[npoe.trigger.isna()]
+    assert set(overall.method) == {"no_defense", "benign", "dpoe", "npoe", "onion", "bki", "strip", "rap"}
+    assert set(npoe.trigger.dropna()) == {"badnet", "insertsent", "syntactic", "style"}  # smoke: the 4-trigger mix
+    assert npoe.asr.between(0, 100).all() and overall.cacc.between(0, 100).all()
+    for fig_id in ("npoe-fig-beta", "npoe-fig-expert-depth", "npoe-fig-gate-layers", "npoe-fig-double-rate"):
+        assert (figures / f"{fig_id}.png").stat().st_size > 1000
+        assert len(pd.read_csv(tables / f"{fig_id}.csv")) >= 2
+
     html = (site / "_build" / "html" / "chapters" / "pmoe_attacks.html").read_text()
     assert "smoke" in html and "Table 1" in html
     assert "Table 3" in (site / "_build" / "html" / "chapters" / "pmoe_routing_pruning.html").read_text()
@@ -45,7 +55,8 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
     # the summary pages: reproducibility report, landing page, references, downloads
     report = pd.read_csv(tables / "reproducibility.csv")
     assert list(report.columns) == ["chapter", "artefact", "cell", "paper", "ours", "verdict"]
-    assert set(report.chapter) == {"pmoe_attacks", "pmoe_routing_pruning"}
+    assert set(report.chapter) == {"pmoe_attacks", "pmoe_routing_pruning", "npoe"}
+    assert set(report[report.chapter == "npoe"].verdict) == {"paper number unverified"}
     assert set(report.verdict) <= set(reproducibility.VERDICTS) and "not built yet" not in set(report.verdict)
     html_dir = site / "_build" / "html"
     intro = (html_dir / "chapters" / "intro.html").read_text()

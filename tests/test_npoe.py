@@ -16,9 +16,32 @@ def test_npoe_chapter_executes_at_smoke(companion_env):
     assert set(table.method) == set(runs.METHODS)
     overall = table[table.trigger.isna()]
     assert len(overall) == len(runs.METHODS) and overall.cacc.between(0, 100).all()
-    assert set(table.trigger.dropna()) == {"badnet", "insertsent", "syntactic"}
+    assert set(table.trigger.dropna()) == {"badnet", "insertsent", "syntactic", "style"}  # smoke: the 4-trigger mix
     npoe = overall[overall.method == "npoe"].iloc[0]
-    assert npoe.paper_asr == pytest.approx(26.0) and npoe.paper_cacc == pytest.approx(91.8)  # percent
+    assert npoe.paper_asr == pytest.approx(44.7) and npoe.paper_cacc == pytest.approx(91.5)  # percent
+    for figure in runs.FIGURES:
+        assert (companion_env / "generated" / "figures" / f"{figure}.png").stat().st_size > 1000
+        sens = pd.read_csv(companion_env / "generated" / "tables" / f"{figure}.csv")
+        assert sens[sens.method == "npoe"].value.nunique() == 2  # smoke: two values per figure
+
+
+def test_figure_runs_vary_one_setting_each():
+    table = runs.run_config("quick", "sst2", "mix3", "npoe")
+    beta = runs.figure_configs("quick", "npoe-fig-beta")  # the pseudo-dev selection sweep, at the table's scale
+    assert [c["poe"]["beta"] for c in beta] == [1.0, 2.0, 4.0] and beta == runs.selection_configs(table)
+    assert beta[0] == table
+    depth = runs.figure_configs("quick", "npoe-fig-expert-depth")
+    assert all(c["n_train"] == 2000 and c["recipe"]["epochs"] == 2 for c in depth)  # the figure scale
+    assert [c["experts"]["layers"] for c in depth] == [1, 3]
+    gate = runs.figure_configs("quick", "npoe-fig-gate-layers")
+    assert [c["experts"]["gate_layers"] for c in gate] == [1, 3]
+    rate = runs.figure_configs("quick", "npoe-fig-double-rate")
+    assert [(c["method"], round(100 * sum(c["rates"].values()))) for c in rate] == \
+        [("no_defense", 20), ("npoe", 20), ("no_defense", 40), ("npoe", 40)]
+    with pytest.raises(ParameterError, match="parameter `figure`"):
+        runs.figure_configs("quick", "npoe-fig-9")
+    with pytest.raises(ParameterError, match="parameter `beta`"):
+        runs.figure_configs("quick", "npoe-fig-beta", values=[0])
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -38,7 +61,8 @@ def test_bad_chapter_parameters_fail_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ParameterError, match="`width`: expected one of the parameters of npoe"):
         book.execute_notebook(source, tmp_path / "nb", {"profile": "smoke", "width": 2})
     for name, value in [("settings", ["mix9"]), ("seeds", [-1]), ("epochs", 0), ("n_train", 10 ** 6),
-                        ("gate_mask", "none"), ("datasets", ["imdb"])]:
+                        ("gate_mask", "none"), ("datasets", ["imdb"]), ("beta", 0), ("rdrop_alpha", -1),
+                        ("figures", ["npoe-fig-9"])]:
         with pytest.raises(PapermillExecutionError) as err:
             book.execute_notebook(source, tmp_path / "nb", {"profile": "smoke", name: value})
         assert err.value.ename == "ParameterError" and f"parameter `{name}`" in err.value.evalue

@@ -9,13 +9,19 @@ from moebackdoor import book, progress
 from moebackdoor.params import ParameterError, check_fraction, check_int, check_list
 from moebackdoor.vision.attacks import attack_config, attack_grid
 
-# (parameter, bad value, what the message must say) for every chapter
+# (parameter, bad value, what the message must say) for the pMoE chapters
 BAD = [
     ("seeds", [0, -1], "parameter `seeds`: expected an integer >= 0, got -1"),
     ("epochs", 0, "parameter `epochs`: expected an integer >= 1, got 0"),
     ("width", 0, "parameter `width`: expected an integer >= 1, got 0"),
     ("n_train", 10 ** 6, "parameter `n_train`: expected an integer in [1, 50000], got 1000000"),
 ]
+BAD_BY_CHAPTER = {"npoe": BAD[:2] + [
+    ("n_train", 10 ** 6, "parameter `n_train`: expected an integer in [1, 6920], got 1000000"),
+    ("beta", -1.0, "parameter `beta`: expected a number > 0, got -1.0"),
+    ("settings", ["mix5"], "parameter `settings`: expected a non-empty list of items from "
+                           "['badnet', 'insertsent', 'syntactic', 'style', 'mix3', 'mix4'], got ['mix5']"),
+]}
 
 
 def test_checks_name_the_parameter():
@@ -54,7 +60,7 @@ def test_every_chapter_stops_before_any_work(chapter, companion_env, session_cac
         book.execute_notebook(source, companion_env / "out", {"profile": "smoke", "epoch": 2})
     runs = session_cache / "runs"
     before = sorted(runs.iterdir()) if runs.exists() else []
-    for name, value, message in BAD:
+    for name, value, message in BAD_BY_CHAPTER.get(chapter, BAD):
         with pytest.raises(PapermillExecutionError) as err:
             book.execute_notebook(source, companion_env / "out", {"profile": "smoke", name: value})
         assert err.value.ename == "ParameterError" and err.value.evalue == message

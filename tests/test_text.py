@@ -145,3 +145,45 @@ def test_bad_input_fails_with_the_problem_named(tmp_path, monkeypatch):
             data.load_split("sst2", "dev")
     finally:
         data.load_split.cache_clear()
+
+
+def test_sparse_embedding_gradients_equal_the_dense_ones():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from moebackdoor.text.training import sparse_embedding_grads
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=16,
+                                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    batches = [torch.tensor([[1, 5, 5, 7], [2, 3, 9, 0]]), torch.tensor([[4, 4, 11, 12], [1, 2, 3, 8]])]
+    emb = model.get_input_embeddings().weight
+
+    def grads(sparse):
+        out = []
+        with sparse_embedding_grads([model], enabled=sparse):
+            for ids in batches:  # two steps: the second must clear the rows the first wrote
+                model.zero_grad(set_to_none=True)
+                model(input_ids=ids).logits.sum().backward()
+                assert not emb.grad.is_sparse
+                out.append(emb.grad.clone())
+        return out
+
+    dense, sparse = grads(False), grads(True)
+    for d, s in zip(dense, sparse):
+        torch.testing.assert_close(s, d)
+    assert sparse[1][5].abs().sum() == 0 and sparse[1][4].abs().sum() > 0  # row 5 only in the first batch
+    assert not model.get_input_embeddings().sparse  # restored afterwards
+
+
+def test_pseudo_dev_selection_follows_the_authors_rule():
+    c = lambda d, acc, pasr=0.0: {"detected_rate": d, "clean_small_acc": acc, "pseudo_asr": pasr}
+    # good: accuracy above SST-2's 85 and detected rate in (0.3, 0.5); the lower pseudo-ASR wins
+    assert poe.select_by_pseudo_dev([c(0.1, 90), c(0.4, 88, 0.2), c(0.35, 86, 0.1), c(0.4, 80)], "sst2") == 2
+    # none good: nearest the window among those above the cut-off
+    assert poe.select_by_pseudo_dev([c(0.05, 90), c(0.6, 87), c(0.2, 70)], "sst2") == 1
+    # none above the cut-off: the most accurate
+    assert poe.select_by_pseudo_dev([c(0.4, 70), c(0.4, 84)], "sst2") == 1
+    assert poe.select_by_pseudo_dev([c(0.4, 84)], "offenseval") == 0  # OffensEval's cut-off is 80
+    with pytest.raises(ValueError):
+        poe.select_by_pseudo_dev([], "sst2")

@@ -37,7 +37,7 @@ def toy_reviews(n: int, seed: int, poison_every: int | None = None):
 def lm(session_cache):
     with pytest.MonkeyPatch.context() as mp:  # SmolLM2 converted into the test cache, once
         mp.setenv("MOEBD_CACHE_DIR", str(session_cache))
-        return onion.Perplexity()
+        return onion.Perplexity(precision="fp32")  # exact comparisons below; bf16 is checked where it is used
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,11 @@ def test_onion_removes_an_inserted_rare_word_and_nothing_else(lm):
     sentence = "the movie was a charming and cf funny look at family life"
     filtered = onion.onion_filter([sentence, "wow"], lm, threshold=0.0, progress=False)
     assert filtered == ["the movie was a charming and funny look at family life", "wow"]
+    lm.precision = "bf16"  # the chapter's default: the same word goes
+    try:
+        assert onion.onion_filter([sentence], lm, threshold=0.0, progress=False) == filtered[:1]
+    finally:
+        lm.precision = "fp32"
 
 
 def test_perplexity_of_a_batch_equals_one_by_one(lm):
@@ -232,6 +237,7 @@ def test_rap_threshold_by_hand():
     (lambda: strip.detect(None, ["a b"], ["c d"], frr=1.2), "frr"),
     (lambda: rap.fit_threshold([0.1, 0.2], frr=2), "frr"),
     (lambda: onion.Perplexity("/nonexistent/causal-lm"), "lm"),
+    (lambda: onion.Perplexity(precision="fp16"), "precision"),
 ])
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises(ParameterError, match=f"`{name}`"):

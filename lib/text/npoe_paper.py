@@ -7,8 +7,11 @@ gives them as fractions and they stand here in percent.
 """
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from .. import style
 
 
 TABLE_ID = "npoe-results"
@@ -33,13 +36,20 @@ PAPER = {
     ("sst2", "mix4", "benign"): (92.8, 16.8),  # another summary gives CACC 91.2: inconsistent
     ("offenseval", "mix4", "npoe"): (83.8, 43.6),
 }
-# the paper's trends, as the summaries state them (no numbers were obtained for the figures)
-PAPER_TRENDS = {
-    "npoe-fig-beta": "robust over a range of beta; too small a beta lets the backdoor through",
-    "npoe-fig-expert-depth": "shallow experts (few layers) work best: deeper experts learn the task too",
-    "npoe-fig-gate-layers": "insensitive to the number of gate layers",
-    "npoe-fig-double-rate": "doubling the poison rate lowers NPoE's ASR (more poison, easier to isolate)",
+# the sensitivity figures (Figs. 3-5): what is varied, and the paper's trend where a summary states it
+FIGURES = {
+    "npoe-fig-beta": ("beta", "β, the PoE coefficient"),
+    "npoe-fig-expert-depth": ("expert_layers", "trigger-only expert depth (encoder layers)"),
+    "npoe-fig-gate-layers": ("gate_layers", "gate depth (encoder layers)"),
+    "npoe-fig-double-rate": ("poison_rate", "total poison rate (%)"),
 }
+PAPER_TRENDS = {
+    "npoe-fig-beta": None,
+    "npoe-fig-expert-depth": None,
+    "npoe-fig-gate-layers": None,
+    "npoe-fig-double-rate": "doubling the poison rate lowers NPoE's ASR",
+}
+NOT_OBTAINED = "not obtained: the paper plots it, but no summary states the trend"
 
 
 def results_table(runs) -> pd.DataFrame:
@@ -98,3 +108,113 @@ def reproducibility_cells(tables_dir) -> pd.DataFrame:
         if not ((t.dataset == ds) & (t.setting == setting) & (t.method == method)).any():
             rows += [cell(ds, setting, method, m, v, np.nan) for m, v in zip(("cacc", "asr"), numbers) if v is not None]
     return pd.DataFrame(rows)
+
+
+def _figure_value(config: dict, param: str) -> float:
+    if param == "beta":
+        return config["poe"]["beta"]
+    if param == "poison_rate":
+        return 100 * sum(config["rates"].values())
+    return config["experts"]["layers" if param == "expert_layers" else "gate_layers"]
+
+
+def sensitivity_table(runs, figure: str) -> pd.DataFrame:
+    """One row per run of a sensitivity figure: the varied value, the method, CACC and ASR (%)."""
+    param = FIGURES[figure][0]
+    rows = [dict(figure=figure, parameter=param, value=_figure_value(r.config, param), method=r.config["method"],
+                 cacc=r.metrics["cacc"], asr=r.metrics["asr"],
+                 **{f"asr_{t}": v for t, v in r.metrics["asr_by_trigger"].items()}) for r in runs]
+    return pd.DataFrame(rows).groupby(["figure", "parameter", "value", "method"], as_index=False).mean()
+
+
+def sensitivity_figure(table: pd.DataFrame, figure: str):
+    """CACC and ASR against the varied parameter (Figs. 3-5 of the paper), one line per method."""
+    label = FIGURES[figure][1]
+    methods = [m for m in METHODS if m in set(table.method)]
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0))
+    for ax, measure in zip(axes, ("cacc", "asr")):
+        for m in methods:
+            t = table[table.method == m].sort_values("value")
+            ax.plot(t.value, t[measure], marker="o", color=style.colour(m), label=METHOD_NAMES[m])
+        ax.set(xlabel=label, ylabel=f"{measure.upper()} (%)", ylim=(-3, 103), xticks=sorted(table.value.unique()))
+        if FIGURES[figure][0] == "beta":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(table.value.unique()), [f"{v:g}" for v in sorted(table.value.unique())])
+    axes[1].legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trend_text(table: pd.DataFrame, figure: str) -> str:
+    """Ours in words: how NPoE's ASR and CACC move from the smallest to the largest value."""
+    t = table[table.method == "npoe"].sort_values("value")
+    if len(t) < 2:
+        return "one value only: no trend"
+    lo, hi = t.iloc[0], t.iloc[-1]
+    return (f"from {lo.value:g} to {hi.value:g}, NPoE's ASR goes {lo.asr:.1f} → {hi.asr:.1f} % "
+            f"and its CACC {lo.cacc:.1f} → {hi.cacc:.1f} %")
+
+
+def claims_table(table: pd.DataFrame, sensitivity: dict[str, pd.DataFrame], dataset: str = "sst2",
+                 setting: str = "mix3") -> pd.DataFrame:
+    """The paper's claims beside what our runs show; ``holds`` is computed from our numbers."""
+    t = table[(table.dataset == dataset) & (table.setting == setting) & (table.trigger == "")].set_index("method")
+    rows = []
+
+    def claim(text, paper, ours, holds):
+        rows.append({"claim": text, "paper": paper, "ours": ours,
+                     "holds here": "—" if holds is None else ("yes" if holds else "no")})
+
+    if {"no_defense", "npoe"} <= set(t.index):
+        nd, n = t.asr["no_defense"], t.asr["npoe"]
+        claim(f"NPoE cuts the {setting} ASR on {dataset} below half of No defense's",
+              "26.0† vs > 90† (\"most settings\")", f"{n:.1f} vs {nd:.1f}", n < nd / 2)
+    if {"dpoe", "npoe"} <= set(t.index):
+        claim("NPoE's ASR is below DPoE's", "26.0† vs 34.6†", f"{t.asr['npoe']:.1f} vs {t.asr['dpoe']:.1f}",
+              t.asr["npoe"] < t.asr["dpoe"])
+    if {"benign", "npoe"} <= set(t.index):
+        d = t.cacc["npoe"] - t.cacc["benign"]
+        claim("NPoE's CACC stays within 3 points of Benign's", "91.8† vs 92.4†",
+              f"{t.cacc['npoe']:.1f} vs {t.cacc['benign']:.1f}", abs(d) <= 3)
+    for figure, sens in sensitivity.items():
+        s = sens[sens.method == "npoe"].sort_values("value")
+        if figure == "npoe-fig-double-rate" and len(s) >= 2:
+            claim(PAPER_TRENDS[figure].capitalize(), "Fig. 5†", trend_text(sens, figure), s.asr.iloc[-1] < s.asr.iloc[0])
+        elif len(s) >= 2:
+            claim(f"{FIGURES[figure][1].capitalize()}: the paper's trend", NOT_OBTAINED, trend_text(sens, figure), None)
+    return pd.DataFrame(rows, columns=["claim", "paper", "ours", "holds here"])
+
+
+# the authors' setting (their code's defaults and example; targets.md), for the scale table
+PAPER_SCALE = {"encoder": "bert-base-uncased (12 layers)", "training sentences": "all (SST-2: 6,920)",
+               "epochs": "3", "max tokens": "256", "lr (main)": "2e-5", "lr (experts, gate)": "2e-5 to 5e-4",
+               "batch": "8 to 32", "seeds": "5", "ONION test sentences": "all"}
+
+
+def scale_table(config: dict, fig_config: dict | None, seeds, onion_n_test) -> pd.DataFrame:
+    """What this page ran against the paper's setting, knob by knob."""
+    r = config["recipe"]
+    ours = {"encoder": config["encoder"] + (f" ({config['layers']} layers)" if config["layers"] else ""),
+            "training sentences": config["n_train"] or "all", "epochs": r["epochs"], "max tokens": r["max_length"],
+            "lr (main)": f"{r['lr']:g}", "lr (experts, gate)": f"{r['small_lr']:g}", "batch": r["batch_size"],
+            "seeds": len(seeds), "ONION test sentences": onion_n_test or "all"}
+    out = pd.DataFrame({"the paper": PAPER_SCALE, "this page": {k: str(v) for k, v in ours.items()}})
+    if fig_config is not None:
+        out["this page's figures"] = {**out["this page"],
+                                      "training sentences": str(fig_config["n_train"] or "all"),
+                                      "epochs": str(fig_config["recipe"]["epochs"])}
+    return out
+
+
+def selection_table(selections: dict) -> pd.DataFrame:
+    """NPoE's pseudo-dev selection: each candidate β with its signals, and the one chosen."""
+    rows = []
+    for (ds, setting, seed), (candidates, chosen) in selections.items():
+        for k, r in enumerate(candidates):
+            pd_ = r.metrics["pseudo_dev"]
+            rows.append({"dataset": ds, "setting": setting, "seed": seed, "β": r.config["poe"]["beta"],
+                         "clean-small accuracy (%)": pd_["clean_small_acc"],
+                         "detected rate": round(pd_["detected_rate"], 3),
+                         "pseudo-ASR": round(pd_.get("pseudo_asr", float("nan")), 3),
+                         "chosen": "✓" if k == chosen else ""})
+    return pd.DataFrame(rows).set_index(["dataset", "setting", "seed", "β"]) if rows else None

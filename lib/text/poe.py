@@ -73,3 +73,33 @@ def pseudo_dev_mask(main_probs: torch.Tensor, mixture_probs: torch.Tensor, label
     r = main_probs.gather(-1, labels[:, None])[:, 0]
     q = mixture_probs.gather(-1, labels[:, None])[:, 0]
     return (r < main_below) & (q > experts_above)
+
+
+# the authors' clean-small accuracy cut-offs per dataset (their code), and the detected-rate window
+CLEAN_SMALL_CUTOFF = {"sst2": 85.0, "offenseval": 80.0, "trec": 90.0, "hatespeech": 80.0}
+DETECTED_WINDOW = (0.3, 0.5)
+
+
+def select_by_pseudo_dev(candidates: list[dict], dataset: str) -> int:
+    """The index of the configuration NPoE's pseudo-dev rule picks, from each candidate's
+    ``detected_rate`` (the share of training samples flagged by :func:`pseudo_dev_mask`) and
+    ``clean_small_acc`` (the main model on 100 clean sentences, %): no test data.
+
+    A candidate is *good* if its clean-small accuracy passes the dataset's cut-off and its
+    detected rate lies in (0.3, 0.5), the authors' rule. Among good ones the lowest
+    ``pseudo_asr`` (the main model's agreement with the labels of the flagged samples) wins;
+    with none good, the candidate whose detected rate lies nearest the window among those
+    passing the cut-off (or, with none passing, the most accurate one).
+    """
+    if not candidates:
+        raise ValueError("no candidate to select from")
+    cutoff = CLEAN_SMALL_CUTOFF.get(dataset, 80.0)
+    lo, hi = DETECTED_WINDOW
+    passing = [i for i, c in enumerate(candidates) if c["clean_small_acc"] > cutoff]
+    good = [i for i in passing if lo < candidates[i]["detected_rate"] < hi]
+    if good:
+        return min(good, key=lambda i: (candidates[i].get("pseudo_asr", 0.0), i))
+    if passing:
+        distance = lambda d: max(lo - d, d - hi, 0.0)
+        return min(passing, key=lambda i: (distance(candidates[i]["detected_rate"]), i))
+    return max(range(len(candidates)), key=lambda i: (candidates[i]["clean_small_acc"], -i))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..metrics import accuracy, attack_success_rate
-from ..params import ParameterError, check_choice, check_int, check_optional_int
+from ..params import ParameterError, check_choice, check_int, check_optional_int, check_positive
 from ..runcache import RunCache
 from . import poe
 from .data import SIZES, TextSet, check_dataset, check_style, load_split, n_classes
@@ -35,7 +35,7 @@ TRAINED = ("no_defense", "benign", "dpoe", "npoe")
 DEFENSES = ("onion", "bki", "strip", "rap")
 METHODS = TRAINED + DEFENSES
 # OpenBackdoor's defaults; ``n_test``: ONION's test sentences per set (its LM is slow on a CPU)
-DEFENSE_PARAMS = {"onion": {"threshold": 0.0}, "bki": {"top_k": 5, "n_keywords": 1},
+DEFENSE_PARAMS = {"onion": {"threshold": 0.0, "precision": "bf16"}, "bki": {"top_k": 5, "n_keywords": 1},
                   "strip": {"repeat": 5, "swap_ratio": 0.5, "frr": 0.01},
                   "rap": {"rap_word": "cf", "epochs": 5, "lr": 1e-2, "prob_range": [-0.1, -0.3], "frr": 0.01}}
 # the authors' expert pre-training order: expert b gets set b mod 4
@@ -43,20 +43,31 @@ EXPERT_ORDER = ("insertsent", "syntactic", "badnet", "style")
 
 PROFILES = {
     # every code path in about a minute; numbers are not meaningful
-    "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "n_test": 200, "max_length": 48,
+    "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "n_test": 100, "max_length": 48,
               "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2),
-              "onion_n_test": 8, "n_dev": 100, "seeds": (0,)},
+              "onion_n_test": 8, "n_dev": 100, "seeds": (0,), "select_beta": [1.0, 2.0],
+              "datasets": ["sst2"], "settings": ["mix4"],
+              "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2], gate_layers=[1, 2],
+                              rate_scale=[1.0, 2.0])},
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
-    "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": 3000, "n_test": None, "max_length": 64,
-              "recipe": dict(epochs=2, batch_size=16, lr=5e-5, small_lr=5e-5),
+    "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": 4000, "n_test": None, "max_length": 64,
+              "recipe": dict(epochs=3, batch_size=16, lr=1e-4, small_lr=5e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
-              "onion_n_test": 300, "n_dev": None, "seeds": (0,)},
+              "onion_n_test": 300, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 2.0, 4.0],
+              "datasets": ["sst2"], "settings": ["mix3"],
+              # the sensitivity figures: smaller runs, so that the four figures fit in the hour
+              "figures": dict(n_train=2000, epochs=2, expert_layers=[1, 3], gate_layers=[1, 3],
+                              rate_scale=[1.0, 2.0])},
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
               "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
-              "onion_n_test": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4)},
+              "onion_n_test": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4),
+              "select_beta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0],
+              "datasets": ["sst2", "offenseval", "trec", "hatespeech"],
+              "settings": ["badnet", "insertsent", "syntactic", "style", "mix3", "mix4"],
+              "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2, 3, 4, 6], gate_layers=[1, 2, 3, 6], rate_scale=[1.0, 2.0])},
 }
 
 
@@ -69,7 +80,7 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
                expert_params: dict | None = None, **overrides) -> dict:
     """The full configuration of one run; its hash names the run's cache directory.
 
-    ``overrides``: ``encoder``, ``layers``, ``n_train``, ``max_length``, ``epochs``.
+    ``overrides``: ``encoder``, ``layers``, ``n_train``, ``max_length``, ``epochs``, ``lr``, ``small_lr``.
     ``poe_params`` override :class:`PoE` fields (``beta``, ``rdrop_alpha``, ``top_k``, ...);
     ``expert_params``: ``n``, ``layers``, ``gate_layers``, ``pretrain_n``, ``pretrain_steps``,
     ``double_softmax``.
@@ -79,14 +90,18 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
     check_setting(setting)
     check_choice("method", method, METHODS)
     check_style(style)
-    unknown = set(overrides) - {"encoder", "layers", "n_train", "max_length", "epochs"}
+    unknown = set(overrides) - {"encoder", "layers", "n_train", "max_length", "epochs", "lr", "small_lr"}
     if unknown:
-        raise ParameterError("overrides", "encoder, layers, n_train, max_length or epochs", sorted(unknown))
+        raise ParameterError("overrides", "encoder, layers, n_train, max_length, epochs, lr or small_lr",
+                             sorted(unknown))
     check_int("seed", seed)
     check_int("target", target, 0, n_classes(dataset) - 1)
     n_train = check_optional_int("n_train", overrides.get("n_train", p["n_train"]), 1, SIZES[dataset][0])
     recipe = dict(p["recipe"], epochs=check_int("epochs", overrides.get("epochs", p["recipe"]["epochs"]), 1),
                   max_length=check_int("max_length", overrides.get("max_length", p["max_length"]), 8))
+    for key in ("lr", "small_lr"):
+        if key in overrides:
+            recipe[key] = check_positive(key, overrides[key])
     rates = setting_rates(setting, rate_scale)
     config = {
         "schema": SCHEMA, "chapter": "npoe", "profile": profile_name, "dataset": dataset,
@@ -110,6 +125,55 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
         if p["n_dev"] is not None:  # smoke: a part of the clean dev set fits the thresholds
             config["defense"]["n_dev"] = p["n_dev"]
     return config
+
+
+# the sensitivity figures: figure id -> the parameter varied
+FIGURES = {"npoe-fig-beta": "beta", "npoe-fig-expert-depth": "expert_layers",
+           "npoe-fig-gate-layers": "gate_layers", "npoe-fig-double-rate": "rate_scale"}
+
+
+def figure_configs(profile_name: str, figure: str, dataset: str = "sst2", setting: str = "mix3", seed: int = 0,
+                   values=None, style: str = "bible", poe_params: dict | None = None, **overrides) -> list[dict]:
+    """The runs of one sensitivity figure: NPoE at each value of its parameter (and No defense
+    at each poison rate for the doubled-rate figure), at the profile's figure scale; the β
+    figure is NPoE's selection sweep (:func:`select_npoe`), at the table's scale."""
+    param = FIGURES[check_choice("figure", figure, FIGURES)]
+    p = profile(profile_name)
+    fig = p["figures"]
+    if param == "beta":  # the selection sweep itself, at the table's scale
+        values = p["select_beta"] if values is None else list(values)
+        scale = dict(overrides)
+    else:
+        values = fig[param] if values is None else list(values)
+        scale = {k: fig[k] for k in ("n_train", "epochs") if fig[k] is not None} | overrides
+    configs = []
+    for v in values:
+        poe_v, expert_v, rate = dict(poe_params or {}), {}, 1.0
+        if param == "beta":
+            poe_v["beta"] = check_positive("beta", v)
+        elif param == "rate_scale":
+            rate = check_positive("rate_scale", v)
+        else:
+            expert_v[{"expert_layers": "layers", "gate_layers": "gate_layers"}[param]] = check_int(param, v, 1)
+        methods = ("no_defense", "npoe") if param == "rate_scale" else ("npoe",)
+        configs += [run_config(profile_name, dataset, setting, m, seed, style=style, rate_scale=rate,
+                               poe_params=poe_v if m == "npoe" else None,
+                               expert_params=expert_v if m == "npoe" else None, **scale) for m in methods]
+    return configs
+
+
+def selection_configs(config: dict, betas=None) -> list[dict]:
+    """NPoE's model selection: the same run at each β of the profile's grid (``select_beta``)."""
+    betas = profile(config["profile"])["select_beta"] if betas is None else betas
+    return [config | {"poe": config["poe"] | {"beta": check_positive("beta", b)}} for b in betas]
+
+
+def select_npoe(config: dict, force: bool = False, executor=None, betas=None):
+    """Train NPoE at each β of the grid and pick one by the pseudo-dev rule (no test data):
+    ``(chosen run, every candidate run, index of the chosen)``."""
+    candidates = results(selection_configs(config, betas), force=force, executor=executor)
+    chosen = poe.select_by_pseudo_dev([r.metrics["pseudo_dev"] for r in candidates], config["dataset"])
+    return candidates[chosen], candidates, chosen
 
 
 def base_config(config: dict) -> dict:
@@ -235,10 +299,12 @@ def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, ba
         q_all.append(torch.softmax(q, -1))
     r, q = torch.cat(r_all), torch.cat(q_all)
     flagged = poe.pseudo_dev_mask(r, q, data.labels)
+    agree = r.argmax(-1) == data.labels
     dev = load_split(config["dataset"], "dev")
     small = dev.subset(np.random.default_rng(0).permutation(len(dev))[:100])
     clf = TextClassifier(main, tokenizer, config["recipe"]["max_length"])
     return {"detected_rate": float(flagged.float().mean()),
+            "pseudo_asr": float(agree[flagged].float().mean()) if flagged.any() else 0.0,
             "clean_small_acc": accuracy(clf.predict(small.sentences), small.labels)}
 
 
@@ -268,7 +334,7 @@ def run_defense(config: dict) -> tuple[dict, dict]:
     metrics, tensors = {"base_run": base.path.name}, {}
     start = time.perf_counter()
     if config["method"] == "onion":
-        lm = onion.Perplexity()
+        lm = onion.Perplexity(precision=d.get("precision", "fp32"))
         metrics.update(evaluate(classifier, dict(config, n_test=d["n_test"]),
                                 lambda s: (onion.onion_filter(s, lm, d["threshold"], progress=False),
                                            np.ones(len(s), dtype=bool))))

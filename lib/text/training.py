@@ -103,6 +103,49 @@ def make_optimizer(groups: list[dict], steps: int, warmup: float, device: torch.
     return opt, sched
 
 
+@contextlib.contextmanager
+def sparse_embedding_grads(models: list[nn.Module], enabled: bool = True):
+    """Word-embedding gradients as the rows a batch touched, written into one persistent dense buffer.
+
+    An encoder's word-embedding gradient is dense (30k x 384 for MiniLM) but a batch touches a few
+    hundred rows; building it fresh each step (allocate, zero, scatter) costs more on a CPU than
+    the rest of the backward pass. Here the embedding emits a sparse gradient, and a hook adds it
+    into a buffer kept across steps, clearing only the rows the previous step wrote: the optimiser
+    sees the same dense gradient as before (AdamW still updates every row)."""
+    handles, embeddings = [], []
+    for model in models if enabled else []:
+        emb = model.get_input_embeddings()
+        if not isinstance(emb, nn.Embedding) or emb.sparse:
+            continue
+        state = {}
+
+        def hook(p, state=state):
+            g = p.grad
+            if g is None or not g.is_sparse:
+                return
+            g = g.coalesce()
+            rows = g.indices()[0]
+            dense = state.get("dense")
+            if dense is None:
+                dense = state["dense"] = torch.zeros_like(p)
+            else:
+                dense.index_fill_(0, state["rows"], 0.0)
+            dense.index_add_(0, rows, g.values().to(dense.dtype))
+            state["rows"] = rows
+            p.grad = dense
+
+        handles.append(emb.weight.register_post_accumulate_grad_hook(hook))
+        emb.sparse = True
+        embeddings.append(emb)
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for emb in embeddings:
+            emb.sparse = False
+
+
 def autocast(fast: bool, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()
 
@@ -163,33 +206,34 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
     history = {"loss": []}
     step, seen, start = 0, 0, time.perf_counter()
     bar = Bar(total, desc, disable=not progress)
-    while step < total:
-        bucketed = (fast and pad_to is None) if bucket is None else bucket
-        batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if bucketed \
-            else plain_batches(len(data), recipe.batch_size, rng)
-        loss_sum, n_epoch = 0.0, 0
-        for idx in batches:
-            batch = _to(data.batch(idx, pad_to), device)
-            y = data.labels[idx].to(device)
-            main.train()
-            for m in side:
-                m.train(m in trained_side)
-            with autocast(fast, device):
-                loss = _loss(main, experts, gate, batch, y, poe_cfg, trained_side)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for m in [main] + trained_side:
-                nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            n_epoch += len(idx)
-            seen += len(idx)
-            step += 1
-            bar.update()
-            if step >= total:
-                break
-        history["loss"].append(loss_sum / max(1, n_epoch))
+    with sparse_embedding_grads([main] + trained_side, enabled=fast):
+        while step < total:
+            bucketed = (fast and pad_to is None) if bucket is None else bucket
+            batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if bucketed \
+                else plain_batches(len(data), recipe.batch_size, rng)
+            loss_sum, n_epoch = 0.0, 0
+            for idx in batches:
+                batch = _to(data.batch(idx, pad_to), device)
+                y = data.labels[idx].to(device)
+                main.train()
+                for m in side:
+                    m.train(m in trained_side)
+                with autocast(fast, device):
+                    loss = training_loss(main, experts, gate, batch, y, poe_cfg, trained_side)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for m in [main] + trained_side:
+                    nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                n_epoch += len(idx)
+                seen += len(idx)
+                step += 1
+                bar.update()
+                if step >= total:
+                    break
+            history["loss"].append(loss_sum / max(1, n_epoch))
     bar.close()
     for m in [main] + side:
         m.cpu().eval()
@@ -199,7 +243,9 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
     return history
 
 
-def _loss(main, experts, gate, batch, y, cfg: PoE | None, trained_side):
+def training_loss(main, experts, gate, batch, y, cfg: PoE | None, trained_side):
+    """One batch's loss: cross-entropy (``cfg`` None) or the PoE loss with R-drop; the experts'
+    forward pass is gradient-free unless one of them is in ``trained_side``."""
     if cfg is None:
         return F.cross_entropy(main(**batch).logits.float(), y)
     if cfg.rdrop_alpha:  # two dropout passes of the main model in one batch
@@ -238,21 +284,22 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
     opt, sched = make_optimizer(_param_groups(expert, recipe.small_lr, recipe.weight_decay), total,
                                 recipe.warmup, device)
     step, bar = 0, Bar(total, "pre-training an expert", disable=not progress)
-    while step < total:
-        for idx in bucketed_batches(data.lengths, recipe.batch_size, rng):
-            batch, y = _to(data.batch(idx), device), data.labels[idx].to(device)
-            with autocast(fast, device):
-                logits = expert(**batch).logits.float()
-            loss = F.cross_entropy(torch.softmax(logits, -1) if double_softmax else logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(expert.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update()
-            if step >= total:
-                break
+    with sparse_embedding_grads([expert], enabled=fast):
+        while step < total:
+            for idx in bucketed_batches(data.lengths, recipe.batch_size, rng):
+                batch, y = _to(data.batch(idx), device), data.labels[idx].to(device)
+                with autocast(fast, device):
+                    logits = expert(**batch).logits.float()
+                loss = F.cross_entropy(torch.softmax(logits, -1) if double_softmax else logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(expert.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                bar.update()
+                if step >= total:
+                    break
     bar.close()
     expert.cpu().eval()
     return {"steps": step, "final_loss": float(loss.detach())}
