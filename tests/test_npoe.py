@@ -28,10 +28,10 @@ def test_npoe_chapter_executes_at_smoke(companion_env):
 def test_figure_runs_vary_one_setting_each():
     table = runs.run_config("quick", "sst2", "mix3", "npoe")
     beta = runs.figure_configs("quick", "npoe-fig-beta")  # the pseudo-dev selection sweep, at the table's scale
-    assert [c["poe"]["beta"] for c in beta] == [1.0, 2.0, 4.0] and beta == runs.selection_configs(table)
+    assert [c["poe"]["beta"] for c in beta] == [1.0, 4.0, 8.0, 15.0] and beta == runs.selection_configs(table)
     assert beta[0] == table
     depth = runs.figure_configs("quick", "npoe-fig-expert-depth")
-    assert all(c["n_train"] == 2000 and c["recipe"]["epochs"] == 2 for c in depth)  # the figure scale
+    assert all(c["n_train"] == 1500 and c["recipe"]["epochs"] == 2 for c in depth)  # the figure scale
     assert [c["experts"]["layers"] for c in depth] == [1, 3]
     gate = runs.figure_configs("quick", "npoe-fig-gate-layers")
     assert [c["experts"]["gate_layers"] for c in gate] == [1, 3]

@@ -51,13 +51,13 @@ PROFILES = {
               "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2], gate_layers=[1, 2],
                               rate_scale=[1.0, 2.0])},
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
-    "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": 4000, "n_test": None, "max_length": 64,
-              "recipe": dict(epochs=3, batch_size=16, lr=1e-4, small_lr=5e-4),
+    "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": None, "n_test": None, "max_length": 64,
+              "recipe": dict(epochs=2, batch_size=16, lr=3e-5, small_lr=5e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
-              "onion_n_test": 300, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 2.0, 4.0],
+              "onion_n_test": 150, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0, 15.0],
               "datasets": ["sst2"], "settings": ["mix3"],
               # the sensitivity figures: smaller runs, so that the four figures fit in the hour
-              "figures": dict(n_train=2000, epochs=2, expert_layers=[1, 3], gate_layers=[1, 3],
+              "figures": dict(n_train=1500, epochs=2, expert_layers=[1, 3], gate_layers=[1, 3],
                               rate_scale=[1.0, 2.0])},
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
