@@ -67,3 +67,28 @@ def test_bad_chapter_parameters_fail_before_any_work(tmp_path, monkeypatch):
             book.execute_notebook(source, tmp_path / "nb", {"profile": "smoke", name: value})
         assert err.value.ename == "ParameterError" and f"parameter `{name}`" in err.value.evalue
     assert not (tmp_path / "cache" / "runs").exists()  # nothing trained
+
+
+class FakeRun:
+    def __init__(self, method, asr, cacc, beta=1.0, rates=None, layers=1, gate_layers=1):
+        self.config = {"dataset": "sst2", "setting": "mix3", "method": method, "poe": {"beta": beta},
+                       "experts": {"layers": layers, "gate_layers": gate_layers},
+                       "rates": rates or {"badnet": 0.05, "insertsent": 0.05, "syntactic": 0.1}}
+        self.metrics = {"asr": asr, "cacc": cacc, "asr_by_trigger": {"badnet": asr, "insertsent": asr, "syntactic": asr}}
+
+
+def test_claims_are_computed_from_our_numbers():
+    runs_ = [FakeRun("no_defense", 90.0, 85.0), FakeRun("benign", 15.0, 86.0), FakeRun("dpoe", 50.0, 84.0),
+             FakeRun("npoe", 40.0, 84.0)]
+    table = npoe_paper.results_table(runs_)
+    rate = npoe_paper.sensitivity_table([FakeRun("npoe", 40.0, 84.0), FakeRun("npoe", 30.0, 83.0, rates={
+        "badnet": 0.1, "insertsent": 0.1, "syntactic": 0.2})], "npoe-fig-double-rate")
+    assert list(rate.value) == [20.0, 40.0]  # total poison rate, percent
+    beta = npoe_paper.sensitivity_table([FakeRun("npoe", 60.0, 85.0, beta=1.0), FakeRun("npoe", 40.0, 84.0, beta=8.0)],
+                                        "npoe-fig-beta")
+    claims = npoe_paper.claims_table(table, {"npoe-fig-double-rate": rate, "npoe-fig-beta": beta}).set_index("claim")
+    holds = claims["holds here"].tolist()
+    assert holds == ["yes", "yes", "yes", "yes", "—"]  # 40 < 45; 40 < 50; |84 - 86| <= 3; 30 < 40; no paper trend
+    assert "60.0 → 40.0" in claims.ours.iloc[-1]
+    worse = npoe_paper.results_table(runs_[:3] + [FakeRun("npoe", 46.0, 82.0)])
+    assert npoe_paper.claims_table(worse, {})["holds here"].tolist() == ["no", "yes", "no"]

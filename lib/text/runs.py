@@ -233,9 +233,17 @@ def _main_model(config: dict, seed_offset: int = 0):
 
 def run(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
     """Train (or defend) and evaluate one configuration (no caching: see :func:`results`)."""
-    if config["method"] in DEFENSES:
-        return run_defense(config)
-    return run_training(config, max_steps)
+    start = time.perf_counter()
+    metrics, tensors = run_defense(config) if config["method"] in DEFENSES else run_training(config, max_steps)
+    metrics["wall_seconds"] = time.perf_counter() - start  # everything: loading, pre-training, evaluation
+    return metrics, tensors
+
+
+def minutes(runs_) -> float:
+    """The minutes the distinct runs took when they were trained (older runs: training and defense time only)."""
+    unique = {r.path.name: r for r in runs_}.values()
+    return sum(r.metrics.get("wall_seconds", r.metrics.get("history", {}).get("seconds", 0)
+                             + r.metrics.get("defense_seconds", 0)) for r in unique) / 60
 
 
 def run_training(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
