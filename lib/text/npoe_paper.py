@@ -155,6 +155,10 @@ def trend_text(table: pd.DataFrame, figure: str) -> str:
             f"and its CACC {lo.cacc:.1f} → {hi.cacc:.1f} %")
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def claims_table(table: pd.DataFrame, sensitivity: dict[str, pd.DataFrame], dataset: str = "sst2",
                  setting: str = "mix3") -> pd.DataFrame:
     """The paper's claims beside what our runs show; ``holds`` is computed from our numbers."""
@@ -179,9 +183,9 @@ def claims_table(table: pd.DataFrame, sensitivity: dict[str, pd.DataFrame], data
     for figure, sens in sensitivity.items():
         s = sens[sens.method == "npoe"].sort_values("value")
         if figure == "npoe-fig-double-rate" and len(s) >= 2:
-            claim(PAPER_TRENDS[figure].capitalize(), "Fig. 5†", trend_text(sens, figure), s.asr.iloc[-1] < s.asr.iloc[0])
+            claim(_sentence(PAPER_TRENDS[figure]), "Fig. 5†", trend_text(sens, figure), s.asr.iloc[-1] < s.asr.iloc[0])
         elif len(s) >= 2:
-            claim(f"{FIGURES[figure][1].capitalize()}: the paper's trend", NOT_OBTAINED, trend_text(sens, figure), None)
+            claim(f"{_sentence(FIGURES[figure][1])}: the paper's trend", NOT_OBTAINED, trend_text(sens, figure), None)
     return pd.DataFrame(rows, columns=["claim", "paper", "ours", "holds here"])
 
 
@@ -191,12 +195,18 @@ PAPER_SCALE = {"encoder": "bert-base-uncased (12 layers)", "training sentences":
                "batch": "8 to 32", "seeds": "5", "ONION test sentences": "all"}
 
 
+def _lr(v: float) -> str:
+    """3e-05 -> 3e-5."""
+    mantissa, exponent = f"{v:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def scale_table(config: dict, fig_config: dict | None, seeds, onion_n_test) -> pd.DataFrame:
     """What this page ran against the paper's setting, knob by knob."""
     r = config["recipe"]
     ours = {"encoder": config["encoder"] + (f" ({config['layers']} layers)" if config["layers"] else ""),
             "training sentences": config["n_train"] or "all", "epochs": r["epochs"], "max tokens": r["max_length"],
-            "lr (main)": f"{r['lr']:g}", "lr (experts, gate)": f"{r['small_lr']:g}", "batch": r["batch_size"],
+            "lr (main)": _lr(r["lr"]), "lr (experts, gate)": _lr(r["small_lr"]), "batch": r["batch_size"],
             "seeds": len(seeds), "ONION test sentences": onion_n_test or "all"}
     out = pd.DataFrame({"the paper": PAPER_SCALE, "this page": {k: str(v) for k, v in ours.items()}})
     if fig_config is not None:
