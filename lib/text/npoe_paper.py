@@ -38,7 +38,7 @@ PAPER = {
 }
 # the sensitivity figures (Figs. 3-5): what is varied, and the paper's trend where a summary states it
 FIGURES = {
-    "npoe-fig-beta": ("beta", "β, the PoE coefficient"),
+    "npoe-fig-beta": ("beta", "the PoE coefficient β"),
     "npoe-fig-expert-depth": ("expert_layers", "trigger-only expert depth (encoder layers)"),
     "npoe-fig-gate-layers": ("gate_layers", "gate depth (encoder layers)"),
     "npoe-fig-double-rate": ("poison_rate", "total poison rate (%)"),
