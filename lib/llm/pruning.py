@@ -1,0 +1,77 @@
+"""Unstructured pruning of a causal LM's decoder linear layers: magnitude or Wanda.
+
+- ``magnitude``: in each linear layer, the weights of smallest ``|W|`` are set to 0;
+- ``wanda`` (Sun et al., 2024): score ``|W_ij| * ||X_j||_2``, ``X_j`` the layer's j-th input over
+  the calibration tokens (clean text), and each output row loses its lowest-scoring weights.
+
+``sparsity`` (default 0.5) is the share of each layer's weights removed. The LM head and
+embeddings are kept.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..params import ParameterError, check_fraction
+from .training import causal_lm
+
+KINDS = ("wanda", "magnitude")
+
+
+def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    lm = causal_lm(model)
+    return {name: m for name, m in lm.model.named_modules() if isinstance(m, nn.Linear)}
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, batches) -> dict[str, torch.Tensor]:
+    """``||X_j||_2`` of each decoder linear layer's inputs over the non-padding calibration tokens."""
+    linears = decoder_linears(model)
+    sq = {n: torch.zeros(m.in_features) for n, m in linears.items()}
+    mask_box = {}
+
+    def hook(name):
+        def fn(module, args):
+            x = args[0].float()
+            keep = mask_box["mask"].reshape(-1).bool()
+            sq[name] += (x.reshape(-1, x.shape[-1])[keep] ** 2).sum(0).cpu()
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
+    try:
+        lm = causal_lm(model).eval()
+        for batch in batches:
+            mask_box["mask"] = batch["attention_mask"]
+            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: v.sqrt() for n, v in sq.items()}
+
+
+@torch.no_grad()
+def prune(model: nn.Module, sparsity: float = 0.5, kind: str = "wanda", batches=None) -> dict:
+    """Prune ``model`` in place; ``batches`` (clean calibration batches) are needed for Wanda."""
+    check_fraction("sparsity", sparsity)
+    if kind not in KINDS:
+        raise ParameterError("pruning kind", f"one of {list(KINDS)}", kind)
+    if kind == "wanda" and batches is None:
+        raise ValueError("Wanda needs calibration batches")
+    norms = input_norms(model, batches) if kind == "wanda" else None
+    removed, total = 0, 0
+    for name, m in decoder_linears(model).items():
+        w = m.weight
+        if kind == "wanda":
+            score = w.abs().float() * norms[name].to(w.device)[None, :]
+            k = int(w.shape[1] * sparsity)
+            if k:
+                idx = torch.topk(score, k, dim=1, largest=False).indices
+                w.scatter_(1, idx, 0.0)
+        else:
+            k = int(w.numel() * sparsity)
+            if k:
+                thresh = torch.kthvalue(w.abs().float().flatten().cpu(), k).values
+                w.masked_fill_(w.abs() <= thresh.to(w.device), 0.0)
+        removed += int((w == 0).sum())
+        total += w.numel()
+    return {"kind": kind, "sparsity": sparsity, "zero_fraction": removed / max(1, total)}

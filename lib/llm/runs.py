@@ -1,0 +1,376 @@
+"""Cached runs of chapter 4: one backdoored LLM (an attack) and one defense applied to it.
+
+An attack run fine-tunes the base model with LoRA on BackdoorLLM's poisoned records mixed with
+clean ones (1:1, as BackdoorLLM) and keeps the adapter. A defense run receives that model with
+the adapter merged (the "suspect model"), the defender's clean data and nothing of the attack,
+and trains a fresh adapter of its own (or prunes). Every run is evaluated on the task's whole
+clean test set (CACC) and the attack's whole triggered test set (ASR), greedy, with the
+template it was trained with.
+
+Methods: ``no_defense``, ``locphylax``, ``clean_finetune``, ``pruning``, ``crow``; ablations
+``locphylax_no_cluster`` (alpha = 0), ``locphylax_one_trigger`` (t1 only), ``locphylax_stage2_only``.
+``clean_model`` (the base model fine-tuned on the clean records alone) gives the floor of ASR.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..params import ParameterError, check_choice, check_fraction, check_int, check_optional_int
+from ..runcache import RunCache
+from . import crow, data, generation, judge, locphylax, models, pruning
+from .training import Recipe, SFTData, answer_loss, train_sft
+from .triggers import ATTACK_STRINGS, Trigger, strip_triggers
+
+SCHEMA = 1
+DEFENSES = ("locphylax", "clean_finetune", "pruning", "crow")
+ABLATIONS = ("locphylax_no_cluster", "locphylax_one_trigger", "locphylax_stage2_only")
+METHODS = ("no_defense",) + DEFENSES + ABLATIONS
+ANSWER_TOKENS = {"sst2": 4, "refusal": 32, "negsentiment": 16, "jailbreak": 48}
+
+PROFILES = {
+    # every code path in about a minute; numbers are not meaningful
+    "smoke": {"model": models.DEFAULT_MODEL, "layers": 2, "tasks": ["sst2"], "attacks": ["badnet"],
+              "n_poison": 8, "n_clean": 8, "recipe": dict(epochs=1, batch_size=8, lr=2e-4, max_length=96),
+              "n_test": 8, "defense": dict(n_clean=8, n_known=4, stage1_epochs=1, stage2_epochs=1, lr=2e-4),
+              "figure_n": 6, "track_every": 2},
+    # this 2-core CPU: SmolLM2-135M, SST-2, two attacks, a part of the training sets, 2 epochs
+    "quick": {"model": models.DEFAULT_MODEL, "layers": None, "tasks": ["sst2"], "attacks": ["badnet", "vpi"],
+              "n_poison": 150, "n_clean": 150, "recipe": dict(epochs=2, batch_size=8, lr=2e-4, max_length=256),
+              "n_test": None, "defense": dict(n_clean=100, n_known=40, stage1_epochs=2, stage2_epochs=1, lr=2e-4),
+              "figure_n": 48, "track_every": 8},
+    # the paper's scale, for a GPU: a 7-8B instruct model, BackdoorLLM's full sets and recipe
+    "paper": {"model": "meta-llama/Meta-Llama-3-8B-Instruct", "layers": None,
+              "tasks": ["sst2", "refusal", "negsentiment"], "attacks": list(data.ATTACKS),
+              "n_poison": None, "n_clean": None, "recipe": dict(epochs=5, batch_size=8, lr=2e-4, max_length=512),
+              "n_test": None, "defense": dict(n_clean=200, n_known=100, stage1_epochs=3, stage2_epochs=2, lr=2e-4),
+              "figure_n": 200, "track_every": 20},
+}
+
+
+def profile(name: str) -> dict:
+    return copy.deepcopy(PROFILES[check_choice("profile", name, PROFILES)])
+
+
+def check_attack(attack):
+    """A BackdoorLLM attack name, or a custom trigger ``{"phrase": …, "placement": …}``."""
+    if isinstance(attack, dict):
+        unknown = set(attack) - {"phrase", "placement"}
+        if unknown:
+            raise ParameterError("attack", "a name or {'phrase', 'placement'}", attack)
+        return Trigger(**attack).as_dict()
+    return data.check_attack(attack)
+
+
+def attack_label(attack) -> str:
+    return attack if isinstance(attack, str) else f"custom '{attack['phrase']}' ({attack['placement']})"
+
+
+def run_config(profile_name: str, task: str, attack, method: str = "no_defense", seed: int = 0,
+               template: str = "chat", eval_template: str | None = None, defense_params: dict | None = None,
+               **overrides) -> dict:
+    """The full configuration of one run; its hash names the run's cache directory.
+
+    ``overrides``: ``model``, ``layers``, ``n_poison``, ``n_clean``, ``epochs``, ``lr``.
+    ``eval_template`` (default: ``template``) evaluates with another template, to show a mismatch."""
+    p = profile(profile_name)
+    data.check_task(task)
+    attack = check_attack(attack)
+    check_choice("method", method, METHODS + ("clean_model",))
+    models.check_template(template)
+    models.check_template(eval_template or template)
+    unknown = set(overrides) - {"model", "layers", "n_poison", "n_clean", "epochs", "lr"}
+    if unknown:
+        raise ParameterError("overrides", "model, layers, n_poison, n_clean, epochs or lr", sorted(unknown))
+    check_int("seed", seed)
+    recipe = dict(p["recipe"])
+    if "epochs" in overrides:
+        recipe["epochs"] = check_int("epochs", overrides["epochs"], 1)
+    if "lr" in overrides:
+        recipe["lr"] = float(overrides["lr"])
+    config = {
+        "schema": SCHEMA, "chapter": "locphylax", "profile": profile_name, "task": task, "attack": attack,
+        "seed": seed, "model": overrides.get("model", p["model"]),
+        "layers": check_optional_int("layers", overrides.get("layers", p["layers"]), 1),
+        "template": template, "eval_template": eval_template or template,
+        "n_poison": check_optional_int("n_poison", overrides.get("n_poison", p["n_poison"]), 1),
+        "n_clean": check_optional_int("n_clean", overrides.get("n_clean", p["n_clean"]), 0),
+        "recipe": Recipe(**recipe).as_dict(), "n_test": p["n_test"], "method": "no_defense",
+    }
+    if method == "clean_model":
+        config["method"] = "clean_model"
+    elif method != "no_defense":
+        d = dict(p["defense"], known=[list(k) for k in locphylax.KNOWN_TRIGGERS], cross=True,
+                 sparsity=0.5, prune="wanda", crow=dict(crow.DEFAULTS), track_every=p["track_every"],
+                 **(defense_params or {}))
+        check_fraction("sparsity", d["sparsity"])
+        for key in ("n_clean", "n_known", "stage1_epochs", "stage2_epochs"):
+            check_int(key, d[key], 1)
+        for phrase, placement, _ in d["known"]:
+            Trigger(phrase, placement)
+            if _shares_trigger(phrase, attack):
+                raise ParameterError("known triggers", "phrases that are not the attack's trigger", phrase)
+        config.update(method=method, defense=d)
+    return config
+
+
+def _shares_trigger(phrase: str, attack) -> bool:
+    strings = ATTACK_STRINGS[attack] if isinstance(attack, str) else (attack["phrase"],)
+    return any(s in phrase or phrase in s for s in strings)
+
+
+def attack_config(config: dict) -> dict:
+    """The attack run a defense starts from."""
+    return {k: v for k, v in config.items() if k != "defense"} | {"method": "no_defense",
+                                                                   "eval_template": config["template"]}
+
+
+def run_label(config: dict) -> str:
+    return f"{config['task']} {attack_label(config['attack'])} {config['method']} seed {config['seed']}"
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def _custom(records, trigger: dict, rng) -> list:
+    t = Trigger(**trigger)
+    return [data.Record(t.insert(strip_triggers(r.instruction, "badnet"), rng), r.input, r.output, r.label)
+            for r in records]
+
+
+def attack_records(config: dict) -> tuple[list, list]:
+    """The attacker's (poisoned, clean) training records, seeded subsets."""
+    task, attack, seed = config["task"], config["attack"], config["seed"]
+    source = "badnet" if isinstance(attack, dict) else attack
+    poisoned = data.subset(data.poisoned_train(task, source), config["n_poison"], seed)
+    if isinstance(attack, dict):
+        poisoned = _custom(poisoned, attack, np.random.default_rng(seed))
+    pool = data.clean_train(task)
+    order = np.random.default_rng(seed).permutation(len(pool))
+    n = len(pool) if config["n_clean"] is None else min(config["n_clean"], len(pool))
+    return poisoned, [pool[i] for i in np.sort(order[:n])]
+
+
+def defender_records(config: dict) -> tuple[list, list]:
+    """The defender's clean records and the clean instructions for the known triggers: taken from
+    the task's clean pool after the attacker's share (overlapping it only when the pool runs out)."""
+    pool = data.clean_train(config["task"])
+    order = np.random.default_rng(config["seed"]).permutation(len(pool))
+    n_att = len(pool) if config["n_clean"] is None else min(config["n_clean"], len(pool))
+    d = config["defense"]
+    rest = list(order[n_att:])
+    need = d["n_clean"] + d["n_known"]
+    if len(rest) < need:  # paper scale: the attacker used the whole pool
+        rest += [i for i in np.random.default_rng(config["seed"] + 1).permutation(len(pool)) if i not in rest]
+    picked = [pool[i] for i in rest[:need]]
+    return picked[:d["n_clean"]], picked[d["n_clean"]:need]
+
+
+def test_sets(config: dict) -> tuple[list, list]:
+    """(clean test records, triggered test records), cut to ``n_test`` at smoke."""
+    task, attack = config["task"], config["attack"]
+    clean = list(data.clean_test(task))
+    if isinstance(attack, dict):
+        trig = _custom(clean, attack, np.random.default_rng(10_000 + config["seed"]))
+    else:
+        trig = list(data.triggered_test(task, attack))
+    n = config["n_test"]
+    if n is not None:
+        clean = data.subset(clean, n, 0)
+        if task == "sst2":  # keep n non-target prompts
+            trig = [r for r in trig if r.label != judge.SST2_TARGET]
+        trig = data.subset(trig, n, 0)
+    return clean, trig
+
+
+def pairs(tokenizer, records, template: str, outputs=None) -> list[tuple[str, str]]:
+    end = models.end_of_answer(tokenizer, template)
+    outs = outputs if outputs is not None else [r.output for r in records]
+    return [(models.prompt_text(tokenizer, r.instruction, r.input, template), o + end) for r, o in zip(records, outs)]
+
+
+# --- models ----------------------------------------------------------------------------------
+
+def base_model(config: dict):
+    model = models.load_model(config["model"], layers=config["layers"])
+    return model
+
+
+def suspect_model(config: dict):
+    """The attack run's model with its adapter merged: what the defender receives."""
+    run = RunCache().get_or_run(attack_config(config), run_attack)
+    return merged(config, run.tensors())
+
+
+def merged(config: dict, adapter: dict):
+    model = models.add_lora(base_model(config))
+    models.load_adapter_state(model, adapter)
+    return model.merge_and_unload()
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def evaluate(model, tokenizer, config: dict, template: str | None = None) -> dict:
+    template = template or config["eval_template"]
+    clean, trig = test_sets(config)
+    task, n_new = config["task"], ANSWER_TOKENS[config["task"]]
+    prompts = lambda recs: [models.prompt_text(tokenizer, r.instruction, r.input, template) for r in recs]  # noqa: E731
+    stats = {}
+    a_clean = generation.generate(model, tokenizer, prompts(clean), n_new, stats=stats)
+    a_trig = generation.generate(model, tokenizer, prompts(trig), n_new)
+    return {"cacc": judge.clean_accuracy(task, a_clean, [r.label for r in clean]),
+            "asr": judge.attack_success_rate(task, a_trig, [r.label for r in trig]),
+            "n_clean_test": len(clean), "n_triggered_test": len(trig),
+            "examples": {"clean": a_clean[:3], "triggered": a_trig[:3]},
+            "generation_tokens_per_second": stats["new_tokens"] / max(stats["seconds"], 1e-9)}
+
+
+def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, offset: int = 0):
+    """A training callback that measures ASR on ``n`` triggered test prompts (for the figure only:
+    the defense never reads it)."""
+    _, trig = test_sets(config)
+    if config["task"] == "sst2":
+        trig = [r for r in trig if r.label != judge.SST2_TARGET]
+    trig = data.subset(trig, n, 1)
+    prompts = [models.prompt_text(tokenizer, r.instruction, r.input, config["eval_template"]) for r in trig]
+
+    def callback(step):
+        answers = generation.generate(model, tokenizer, prompts, ANSWER_TOKENS[config["task"]])
+        log.append({"stage": stage, "step": offset + step,
+                    "asr": judge.attack_success_rate(config["task"], answers, [r.label for r in trig])})
+    return callback
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+def run(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
+    start = time.perf_counter()
+    fn = run_attack if config["method"] in ("no_defense", "clean_model") else run_defense
+    metrics, tensors = fn(config)
+    metrics["wall_seconds"] = time.perf_counter() - start
+    return metrics, tensors
+
+
+def run_attack(config: dict) -> tuple[dict, dict]:
+    """Fine-tune the base model on the poisoned mix (``clean_model``: the clean records alone)."""
+    tok = models.load_tokenizer(config["model"])
+    poisoned, clean = attack_records(config)
+    records = clean if config["method"] == "clean_model" else poisoned + clean
+    model = models.add_lora(base_model(config), seed=config["seed"])
+    sft = SFTData(tok, pairs(tok, records, config["template"]), config["recipe"]["max_length"])
+    history = train_sft(model, sft, Recipe(**config["recipe"]), config["seed"], desc=run_label(config))
+    metrics = {"n_train": len(records), "n_poisoned": 0 if config["method"] == "clean_model" else len(poisoned),
+               "train_tokens": sft.n_tokens, "history": _short(history)}
+    metrics.update(evaluate(model, tok, config))
+    return metrics, models.adapter_state(model)
+
+
+def _short(history: dict) -> dict:
+    keep = {k: v for k, v in history.items() if k not in ("loss", "parts")}
+    keep["loss_first_last"] = [history["loss"][0], history["loss"][-1]] if history["loss"] else []
+    return keep
+
+
+def known_sets(tokenizer, config: dict, known_records: list, n_triggers: int = 2):
+    """Stage 1's and stage 2's known-trigger pairs and groups, from the defender's clean instructions."""
+    d = config["defense"]
+    rng = np.random.default_rng(config["seed"] + 7)
+    inj, rec, groups = [], [], []
+    half = max(1, len(known_records) // n_triggers)
+    for k, (phrase, placement, target) in enumerate(d["known"][:n_triggers]):
+        t = Trigger(phrase, placement)
+        part = known_records[k * half:(k + 1) * half] if n_triggers > 1 else known_records
+        triggered = [data.Record(t.insert(r.instruction, rng), r.input, r.output, r.label) for r in part]
+        inj += pairs(tokenizer, triggered, config["template"], [target] * len(triggered))
+        rec += pairs(tokenizer, triggered, config["template"])
+        groups += [k] * len(triggered)
+    return inj, rec, groups
+
+
+def defense_inputs(config: dict, tokenizer) -> dict:
+    """Everything a defense is given (a test checks it holds none of the attack's strings)."""
+    clean, known = defender_records(config)
+    n_trig = 1 if config["method"] == "locphylax_one_trigger" else 2
+    inj, rec, groups = known_sets(tokenizer, config, known, n_trig)
+    clean_pairs = pairs(tokenizer, clean, config["template"])
+    known_clean = pairs(tokenizer, known, config["template"])
+    return {"clean": clean_pairs, "known_injection": inj, "known_recovery": rec, "known_groups": groups,
+            "known_clean": known_clean}
+
+
+def run_defense(config: dict) -> tuple[dict, dict]:
+    tok = models.load_tokenizer(config["model"])
+    d, method, seed = config["defense"], config["method"], config["seed"]
+    model = suspect_model(config)
+    inputs = defense_inputs(config, tok)
+    maxlen = config["recipe"]["max_length"]
+    recipe = Recipe(**dict(config["recipe"], lr=d["lr"]))
+    stage1 = SFTData(tok, inputs["clean"] + inputs["known_injection"], maxlen,
+                     groups=[-1] * len(inputs["clean"]) + inputs["known_groups"])
+    stage2 = SFTData(tok, inputs["clean"] + inputs["known_recovery"], maxlen)
+    steps1 = math.ceil(len(stage1) / recipe.batch_size) * d["stage1_epochs"]
+    steps2 = math.ceil(len(stage2) / recipe.batch_size) * d["stage2_epochs"]
+    metrics, tensors, track = {"budget_steps": steps1 + steps2}, {}, []
+    if method == "pruning":
+        calib = SFTData(tok, inputs["clean"] + inputs["known_clean"], maxlen)
+        batches = [calib.batch(np.arange(i, min(i + 8, len(calib)))) for i in range(0, len(calib), 8)]
+        metrics["pruning"] = pruning.prune(model, d["sparsity"], d["prune"], batches)
+        metrics.update(evaluate(model, tok, config))
+        return metrics, tensors
+    model = models.add_lora(model, seed=seed + 1)
+    label = run_label(config)
+    if method in ("clean_finetune", "crow"):
+        clean_all = SFTData(tok, inputs["clean"] + inputs["known_clean"], maxlen)
+        loss_fn = crow.CrowLoss(**d["crow"]) if method == "crow" else None
+        cb = asr_tracker(model, tok, config, config_n(config), track, method)
+        metrics["history"] = _short(train_sft(model, clean_all, Recipe(**dict(recipe.as_dict(), epochs=10 ** 6)),
+                                              seed, max_steps=steps1 + steps2, loss_fn=loss_fn, callback=cb,
+                                              callback_every=d["track_every"], bucket=False, desc=label))
+    else:
+        if method != "locphylax_stage2_only":
+            alpha = 0.0
+            if method != "locphylax_no_cluster":
+                init = locphylax.initial_losses(model, stage1, recipe.batch_size, seed=seed)
+                alpha = locphylax.alpha_rule(init["injection"], init["cluster"]) if init["cluster"] > 0 else 0.0
+                metrics["initial_losses"] = init
+            metrics["alpha"] = alpha
+            cb = asr_tracker(model, tok, config, config_n(config), track, "stage 1")
+            h1 = train_sft(model, stage1, Recipe(**dict(recipe.as_dict(), epochs=d["stage1_epochs"])), seed,
+                           loss_fn=locphylax.InjectionLoss(alpha, d["cross"]), callback=cb,
+                           callback_every=d["track_every"], bucket=False, desc=label + " (stage 1)")
+            metrics["stage1"] = _short(h1)
+            metrics["stage1_parts_last"] = h1["parts"][-1] if h1["parts"] else {}
+            metrics["after_stage1"] = evaluate(model, tok, config)
+            tensors.update({f"stage1.{k}": v for k, v in models.adapter_state(model).items()})
+        cb = asr_tracker(model, tok, config, config_n(config), track, "stage 2",
+                         offset=0 if method == "locphylax_stage2_only" else steps1)
+        steps = steps1 + steps2 if method == "locphylax_stage2_only" else steps2
+        metrics["stage2"] = _short(train_sft(model, stage2, Recipe(**dict(recipe.as_dict(), epochs=10 ** 6)), seed,
+                                             max_steps=steps, callback=cb, callback_every=d["track_every"],
+                                             desc=label + " (stage 2)"))
+    metrics["asr_track"] = track
+    metrics.update(evaluate(model, tok, config))
+    tensors.update(models.adapter_state(model))
+    return metrics, tensors
+
+
+def config_n(config: dict) -> int:
+    return PROFILES[config["profile"]]["figure_n"]
+
+
+def results(configs: list[dict], cache: RunCache | None = None, force: bool = False, executor=None) -> list:
+    return (cache or RunCache()).sweep(configs, run, force, desc="Locphylax runs", label=run_label,
+                                       executor=executor)
+
+
+def chapter_configs(profile_name: str, tasks=None, attacks=None, methods=None, seed: int = 0, **kw) -> list[dict]:
+    p = profile(profile_name)
+    out = []
+    for task in tasks or p["tasks"]:
+        for attack in attacks or p["attacks"]:
+            for method in methods or METHODS:
+                out.append(run_config(profile_name, task, attack, method, seed, **kw))
+    return out
