@@ -1,6 +1,6 @@
 # make book   execute every chapter at PROFILE (smoke | quick | paper) and build the HTML book
 # make test   run the test suite (unit tests, every notebook at smoke, the book build)
-# make bench  measure training speed (pMoE, the text encoder, NPoE); the performance appendix reads it
+# make bench  measure training speed (pMoE, the text encoder, NPoE, LoRA SFT and Locphylax); the performance appendix reads it
 # make run NB=<chapter> ARGS='-p key value ...'   re-execute one chapter with new parameters
 PYTHON ?= python3
 VENV ?= .venv
@@ -41,6 +41,7 @@ test: $(STAMP) $(MATHJAX)
 bench: $(STAMP)
 	$(PY) -m moebackdoor.vision.bench
 	$(PY) -m moebackdoor.text.bench
+	$(PY) -m moebackdoor.llm.bench
 
 run: $(STAMP)
 	@test -n "$(NB)" || { echo "usage: make run NB=<chapter> ARGS='-p key value ...'"; exit 2; }

@@ -48,6 +48,11 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
         assert (figures / f"{fig_id}.png").stat().st_size > 1000
         assert len(pd.read_csv(tables / f"{fig_id}.csv")) >= 2
 
+    loc = pd.read_csv(tables / "locphylax-results.csv")
+    assert list(loc.columns) == ["model", "task", "attack", "method", "asr", "cacc"]
+    for fig_id in ("locphylax-fig-aggregation", "locphylax-fig-critical-layers", "locphylax-fig-asr-steps"):
+        assert (figures / f"{fig_id}.png").stat().st_size > 1000
+
     html = (site / "_build" / "html" / "chapters" / "pmoe_attacks.html").read_text()
     assert "smoke" in html and "Table 1" in html
     assert "Table 3" in (site / "_build" / "html" / "chapters" / "pmoe_routing_pruning.html").read_text()
@@ -55,7 +60,9 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
     # the summary pages: reproducibility report, landing page, references, downloads
     report = pd.read_csv(tables / "reproducibility.csv")
     assert list(report.columns) == ["chapter", "artefact", "cell", "paper", "ours", "verdict"]
-    assert set(report.chapter) == {"pmoe_attacks", "pmoe_routing_pruning", "npoe"}
+    assert set(report.chapter) == {"pmoe_attacks", "pmoe_routing_pruning", "npoe", "locphylax"}
+    loc = report[report.chapter == "locphylax"]  # the abstract's headline: a verified number
+    assert len(loc) == 1 and loc.paper.iloc[0] == 4.41 and loc.verdict.iloc[0] in {"reproduced", "not reproduced"}
     assert set(report[report.chapter == "npoe"].verdict) == {"paper number unverified"}
     assert set(report.verdict) <= set(reproducibility.VERDICTS) and "not built yet" not in set(report.verdict)
     html_dir = site / "_build" / "html"

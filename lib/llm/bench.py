@@ -1,0 +1,169 @@
+"""Benchmark: LoRA fine-tuning and generation speed of the LLM chapter, and Locphylax's cost.
+
+    python -m moebackdoor.llm.bench [--steps 8] [--repeats 2]
+
+Measured in one process, interleaved (this machine's speed drifts minute to minute), on
+BackdoorLLM's ``sst2`` BadNet mix in the chat template, with SmolLM2-135M-Instruct and LoRA r 8:
+- tokens/s of the library's SFT step (length-bucketed batches padded to their longest sequence,
+  the LM head applied only to answer tokens, fused AdamW; fp32 on a CPU, where bf16 autocast
+  measured slower, and the bf16 step beside it) against a plain fp32 loop over the same batches
+  (``model(..., labels=...)``, ``torch.optim.AdamW`` with its defaults);
+- model FLOP utilisation: FLOPs of one library step per token x tokens/s, against the fp32 and
+  bf16 matmul rates measured in the same run;
+- batched greedy generation (16 prompts, 32 new tokens) with the KV cache, and without it;
+- Locphylax's total training tokens (stage 1, stage 2) against the attack's own, at the quick profile.
+Results go to stdout and to ``<output>/tables/bench-locphylax.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .. import machine
+from ..batching import bucketed_batches
+from ..benchmarks import matmul_rate
+from ..reporting import save_table
+from . import models, runs
+from .training import Recipe, SFTData, answer_loss, train_sft
+
+BATCH = 8
+
+
+def _data(tok, n: int = 160) -> SFTData:
+    config = runs.run_config("quick", "sst2", "badnet")
+    poisoned, clean = runs.attack_records(config)
+    return SFTData(tok, runs.pairs(tok, (poisoned + clean)[:n], "chat"), 256)
+
+
+def _model():
+    return models.add_lora(models.load_model(), seed=0)
+
+
+def plain_loop(model, data: SFTData, steps: int, seed: int = 0) -> float:
+    """The reference: the loop one writes without tuning, over the library's batches; tokens/s."""
+    batches = bucketed_batches(data.lengths, BATCH, np.random.default_rng(seed))[:steps]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    model.train()
+    tokens, start = 0, time.perf_counter()
+    for idx in batches:
+        b = data.batch(idx)
+        loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        tokens += int(data.lengths[idx].sum())
+    return tokens / (time.perf_counter() - start)
+
+
+def rate(data: SFTData, steps: int, method: str) -> float:
+    model = _model()
+    if method == "plain":
+        plain_loop(model, data, 2)
+        return plain_loop(model, data, steps, seed=1)
+    recipe = Recipe(epochs=10 ** 6, batch_size=BATCH)
+    precision = "bf16" if method == "bf16" else "fp32"
+    train_sft(model, data, recipe, max_steps=2, precision=precision, progress=False)
+    return train_sft(model, data, recipe, seed=1, max_steps=steps, precision=precision,
+                     progress=False)["tokens_per_second"]
+
+
+def flops_per_token(data: SFTData) -> float:
+    model = _model()
+    idx = np.arange(BATCH)
+    batch = data.batch(idx)
+    with FlopCounterMode(display=False) as counter:
+        answer_loss(model, batch).backward()
+    return counter.get_total_flops() / int(data.lengths[idx].sum())
+
+
+def generation_rate(tok, use_cache: bool) -> float:
+    from .generation import generate
+
+    model = models.load_model().eval()
+    clean = runs.attack_records(runs.run_config("quick", "sst2", "badnet"))[1][:16]
+    prompts = [p for p, _ in runs.pairs(tok, clean, "chat")]
+    if use_cache:
+        stats = {}
+        generate(model, tok, prompts, 32, 16, stats=stats)
+        return stats["new_tokens"] / stats["seconds"]
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=32, do_sample=False, use_cache=False,
+                             pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
+    new = int((out[:, enc["input_ids"].shape[1]:] != tok.pad_token_id).sum())
+    return new / (time.perf_counter() - start)
+
+
+def locphylax_cost() -> dict:
+    """Training tokens of Locphylax (both stages) and of the attack, at the quick profile."""
+    tok = models.load_tokenizer()
+    config = runs.run_config("quick", "sst2", "badnet", "locphylax")
+    d, r = config["defense"], config["recipe"]
+    poisoned, clean = runs.attack_records(config)
+    attack = SFTData(tok, runs.pairs(tok, poisoned + clean, "chat"), r["max_length"]).n_tokens * r["epochs"]
+    inputs = runs.defense_inputs(config, tok)
+    s1 = SFTData(tok, inputs["clean"] + inputs["known_injection"], r["max_length"]).n_tokens * d["stage1_epochs"]
+    s2 = SFTData(tok, inputs["clean"] + inputs["known_recovery"], r["max_length"]).n_tokens * d["stage2_epochs"]
+    return {"attack": attack, "locphylax": s1 + s2}
+
+
+def run_benchmark(steps: int = 8, repeats: int = 2) -> pd.DataFrame:
+    tok = models.load_tokenizer()
+    data = _data(tok)
+    flops = flops_per_token(data)
+    lib, bf16_step, plain, mm32, mm16, gen, gen_nocache = [], [], [], [], [], [], []
+    for _ in range(repeats):  # interleaved, so drift hits all alike
+        mm32.append(matmul_rate(torch.float32))
+        mm16.append(matmul_rate(torch.bfloat16))
+        lib.append(rate(data, steps, "library"))
+        plain.append(rate(data, steps, "plain"))
+        bf16_step.append(rate(data, steps, "bf16"))
+        gen.append(generation_rate(tok, True))
+        gen_nocache.append(generation_rate(tok, False))
+    lib_r, plain_r, bf_r, mm32_r, mm16_r, gen_r, genn_r = map(statistics.median,
+                                                               (lib, plain, bf16_step, mm32, mm16, gen, gen_nocache))
+    cost = locphylax_cost()
+    rows = [
+        ("library SFT step (bucketed, answer-only LM head, fused AdamW, fp32), tokens/s", lib_r, ""),
+        ("plain fp32 loop (full LM head, AdamW defaults), same batches, tokens/s", plain_r, ""),
+        ("speed-up, library / plain fp32", lib_r / plain_r, "target >= 1.5"),
+        ("library step under bf16 autocast, tokens/s", bf_r, ""),
+        ("training GFLOP per token (LoRA, answer-only head)", flops / 1e9, ""),
+        ("matmul rate fp32, GFLOP/s", mm32_r / 1e9, ""),
+        ("matmul rate bf16, GFLOP/s", mm16_r / 1e9, ""),
+        ("model FLOP utilisation vs fp32 matmul, %", 100 * flops * lib_r / mm32_r, ""),
+        ("model FLOP utilisation vs bf16 matmul, %", 100 * flops * lib_r / mm16_r, ""),
+        ("greedy generation with KV cache (16 prompts x 32 tokens), new tokens/s", gen_r, ""),
+        ("greedy generation without a cache, new tokens/s", genn_r, ""),
+        ("KV cache speed-up", gen_r / genn_r, ""),
+        ("Locphylax training tokens / the attack's (quick profile)", cost["locphylax"] / cost["attack"],
+         "goal <= 1"),
+    ]
+    return pd.DataFrame(rows, columns=["measure", "value", "target"]).assign(
+        model=models.DEFAULT_MODEL, batch=BATCH, mean_tokens=float(data.lengths.mean()), steps=steps,
+        repeats=repeats, threads=torch.get_num_threads(), machine=machine.text(),
+        measured_at=time.strftime("%Y-%m-%d %H:%M"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m moebackdoor.llm.bench")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    df = run_benchmark(args.steps, args.repeats)
+    with pd.option_context("display.width", 120, "display.max_colwidth", 80):
+        print(df[["measure", "value", "target"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print("written to", save_table(df, "bench-locphylax"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The results of *Backdoor Collapse: Eliminating Unknown Threats via Known Backdoor Aggregation
+in Language Models* (Lin et al., ACL 2026; "Locphylax"), regenerated.
+
+The paper's full text and code could not be obtained. The one number set beside ours is its
+headline, from the abstract: an average ASR of 4.41 % after the defense, with clean accuracy
+within 0.5 point of the original model. The known triggers, the clustering loss's cross terms, the
+alpha rule's inputs, the recovery data and the step counts are this book's choices.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .. import style
+
+TABLE_ID = "locphylax-results"
+COLUMNS = ["model", "task", "attack", "method", "asr", "cacc"]
+METHOD_NAMES = {"no_defense": "No defense", "locphylax": "Locphylax", "clean_finetune": "Clean fine-tuning",
+                "pruning": "Pruning (Wanda, 50 %)", "crow": "CROW",
+                "locphylax_no_cluster": "Locphylax without the clustering loss",
+                "locphylax_one_trigger": "Locphylax with one known trigger",
+                "locphylax_stage2_only": "Recovery (stage 2) only", "clean_model": "Clean model (floor)"}
+PAPER = {"asr_after": 4.41, "cacc_within": 0.5}  # the abstract
+FIGURES = ("locphylax-fig-aggregation", "locphylax-fig-critical-layers", "locphylax-fig-asr-steps")
+
+
+def _attack(a) -> str:
+    return a if isinstance(a, str) else f"custom:{a['phrase']}@{a['placement']}"
+
+
+def results_table(runs) -> pd.DataFrame:
+    """One row per run (the mean over seeds): ASR and CACC in percent."""
+    rows = [{"model": r.config["model"], "task": r.config["task"], "attack": _attack(r.config["attack"]),
+             "method": r.config["method"], "asr": r.metrics["asr"], "cacc": r.metrics["cacc"]} for r in runs]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.groupby(["model", "task", "attack", "method"], sort=False, as_index=False).mean()
+
+
+def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Methods as rows, one ASR and CACC column pair per attack, the average, the paper's headline."""
+    methods = [m for m in METHOD_NAMES if m in set(table.method)]
+    out = pd.DataFrame(index=[METHOD_NAMES[m] for m in methods])
+    for (task, attack), t in table.groupby(["task", "attack"], sort=False):
+        t = t.set_index("method")
+        out[f"{task} {attack}: ASR"] = [f"{t.asr[m]:.1f}" if m in t.index else "" for m in methods]
+        out[f"{task} {attack}: CACC"] = [f"{t.cacc[m]:.1f}" if m in t.index else "" for m in methods]
+    mean = table.groupby("method").mean(numeric_only=True)
+    out["mean ASR"] = [f"{mean.asr[m]:.1f}" for m in methods]
+    out["mean CACC"] = [f"{mean.cacc[m]:.1f}" for m in methods]
+    out["paper: mean ASR"] = [f"{PAPER['asr_after']:.2f}" if m == "locphylax" else "" for m in methods]
+    if floor is not None and len(floor):
+        f = floor.groupby(["task", "attack"]).asr.mean()
+        out.loc[METHOD_NAMES["clean_model"]] = [f"{f.get(tuple(c.split(': ')[0].split(' ', 1)), np.nan):.1f}"
+                                               if c.endswith(": ASR") else "" for c in out.columns]
+    return out
+
+
+def headline(table: pd.DataFrame) -> dict:
+    """Our averages over the attacks: Locphylax's ASR and its CACC change against No defense."""
+    t = table.set_index(["task", "attack", "method"])
+    pairs = [(k[0], k[1]) for k in t.index if k[2] == "locphylax" and (k[0], k[1], "no_defense") in t.index]
+    if not pairs:
+        return {}
+    after = np.mean([t.asr[(a, b, "locphylax")] for a, b in pairs])
+    before = np.mean([t.asr[(a, b, "no_defense")] for a, b in pairs])
+    dcacc = np.mean([t.cacc[(a, b, "locphylax")] - t.cacc[(a, b, "no_defense")] for a, b in pairs])
+    return {"asr_before": before, "asr_after": after, "cacc_change": dcacc, "n_attacks": len(pairs)}
+
+
+def claims_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's headline claims and this chapter's targets, each checked on our numbers."""
+    t = table.set_index(["task", "attack", "method"])
+    nd = table[table.method == "no_defense"]
+    strong = nd[nd.asr >= 80]
+    h = headline(table[table.attack.isin(strong.attack)]) if len(strong) else {}
+    rows = [("The undefended model carries the backdoor (ASR ≥ 80 %) on at least two attacks",
+             f"{len(strong)} of {len(nd)} attacks", len(strong) >= 2)]
+    if h:
+        rows.append(("Locphylax lowers the average ASR of those attacks below 20 %",
+                     f"{h['asr_before']:.1f} % → {h['asr_after']:.1f} %", h["asr_after"] < 20))
+        rows.append((f"… and to the paper's {PAPER['asr_after']} % (within 5 points)", f"{h['asr_after']:.1f} %",
+                     abs(h["asr_after"] - PAPER["asr_after"]) <= 5))
+        rows.append(("CACC stays within 3 points of the undefended model", f"{h['cacc_change']:+.1f} points",
+                     abs(h["cacc_change"]) <= 3))
+        rows.append((f"… and within the paper's {PAPER['cacc_within']} point", f"{h['cacc_change']:+.1f} points",
+                     abs(h["cacc_change"]) <= PAPER["cacc_within"]))
+        for base in ("clean_finetune", "pruning", "crow"):
+            keys = [(a, b) for a, b, m in t.index if m == base and (a, b, "locphylax") in t.index
+                    and b in set(strong.attack)]
+            if keys:
+                ours = np.mean([t.asr[(a, b, "locphylax")] for a, b in keys])
+                theirs = np.mean([t.asr[(a, b, base)] for a, b in keys])
+                rows.append((f"Locphylax's ASR is below {METHOD_NAMES[base]}'s", f"{ours:.1f} vs {theirs:.1f} %",
+                             ours < theirs))
+    return pd.DataFrame(rows, columns=["claim", "ours", "holds"]).assign(
+        holds=lambda d: d.holds.map({True: "yes", False: "no"}))
+
+
+def asr_steps_table(runs) -> pd.DataFrame:
+    rows = [dict(attack=_attack(r.config["attack"]), method=r.config["method"], **x)
+            for r in runs for x in r.metrics.get("asr_track", [])]
+    return pd.DataFrame(rows, columns=["attack", "method", "stage", "step", "asr"])
+
+
+def asr_steps_figure(track: pd.DataFrame):
+    """ASR on a fixed set of triggered prompts through the defenses' training steps."""
+    attacks = list(dict.fromkeys(track.attack))
+    fig, axes = plt.subplots(1, max(1, len(attacks)), figsize=(3.6 * max(1, len(attacks)), 3.0), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        t = track[track.attack == attack]
+        for method, g in t.groupby("method", sort=False):
+            g = g.sort_values("step")
+            ax.plot(g.step, g.asr, marker=".", label=METHOD_NAMES.get(method, method), color=style.colour(method))
+        s1 = t[t.stage == "stage 1"].step
+        if len(s1):
+            ax.axvline(s1.max(), color="0.6", lw=0.8, ls="--")
+        ax.set(title=attack, xlabel="training step", ylabel="ASR (%)", ylim=(-3, 103))
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def aggregation_figure(points: pd.DataFrame):
+    """PCA of final-layer states at the last prompt token: clean, unknown-trigger, known-trigger prompts."""
+    stages = list(dict.fromkeys(points.model))
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3.2), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for kind, g in points[points.model == stage].groupby("kind", sort=False):
+            ax.scatter(g.pc1, g.pc2, s=9, alpha=0.7, label=kind, color=style.colour(kind))
+        ax.set(title=stage, xlabel="PC 1", ylabel="PC 2")
+    axes[0][-1].legend(fontsize=7, markerscale=1.5)
+    fig.tight_layout()
+    return fig
+
+
+def critical_layers_figure(layers: pd.DataFrame):
+    """ASR of the unknown trigger when one layer's attention is ablated, before and after injection."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.0))
+    for stage, g in layers.groupby("model", sort=False):
+        ax.plot(g.layer, g.asr, marker=".", label=stage)
+    base = layers.groupby("model", sort=False).asr_intact.first()
+    for (stage, v), line in zip(base.items(), ax.get_lines()):
+        ax.axhline(v, color=line.get_color(), lw=0.8, ls=":")
+    ax.set(xlabel="layer whose attention is ablated", ylabel="ASR of the unknown trigger (%)", ylim=(-3, 103))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def reproducibility_cells(tables_dir) -> pd.DataFrame:
+    """The paper's headline (its abstract) beside our average ASR after Locphylax."""
+    from ..reproducibility import not_built
+
+    path = tables_dir / f"{TABLE_ID}.csv"
+    if not path.is_file():
+        return pd.DataFrame([not_built("locphylax", TABLE_ID)])
+    h = headline(pd.read_csv(path))
+    return pd.DataFrame([{"chapter": "locphylax", "artefact": TABLE_ID, "cell": "mean ASR after Locphylax",
+                          "series": f"{TABLE_ID}:mean-asr", "paper": PAPER["asr_after"],
+                          "ours": h.get("asr_after", np.nan), "verified": True, "built": True}])

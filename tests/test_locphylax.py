@@ -1,0 +1,33 @@
+"""Chapter 4 at smoke: the notebook executes through papermill; its table and figures have the agreed shape."""
+import pandas as pd
+
+from moebackdoor import book
+from moebackdoor.llm import locphylax_paper, runs
+
+
+def test_locphylax_chapter_executes_at_smoke(companion_env):
+    book.execute_notebook(book.NOTEBOOKS / "locphylax.md", companion_env / "nb", {"profile": "smoke"})
+    out = companion_env / "generated"
+    table = pd.read_csv(out / "tables" / f"{locphylax_paper.TABLE_ID}.csv")
+    assert list(table.columns) == locphylax_paper.COLUMNS
+    assert set(table.method) == set(runs.METHODS) and set(table.attack) == {"badnet"}
+    assert table.asr.between(0, 100).all() and table.cacc.between(0, 100).all()
+    for figure in locphylax_paper.FIGURES:
+        assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
+    steps = pd.read_csv(out / "tables" / "locphylax-fig-asr-steps.csv")
+    assert {"stage 1", "stage 2"} <= set(steps.stage)
+    layers = pd.read_csv(out / "tables" / "locphylax-fig-critical-layers.csv")
+    assert set(layers.model) == {"suspect model", "after stage 1"} and layers.layer.nunique() == 2  # smoke: 2 layers
+
+
+def test_claims_on_hand_made_results():
+    rows = []
+    for attack, nd, loc in (("badnet", 95.0, 10.0), ("vpi", 85.0, 20.0)):
+        rows += [dict(model="m", task="sst2", attack=attack, method="no_defense", asr=nd, cacc=90.0),
+                 dict(model="m", task="sst2", attack=attack, method="locphylax", asr=loc, cacc=89.0),
+                 dict(model="m", task="sst2", attack=attack, method="clean_finetune", asr=50.0, cacc=90.0)]
+    table = pd.DataFrame(rows)
+    h = locphylax_paper.headline(table)
+    assert h["asr_before"] == 90.0 and h["asr_after"] == 15.0 and h["cacc_change"] == -1.0
+    claims = locphylax_paper.claims_table(table).set_index("claim").holds
+    assert list(claims) == ["yes", "yes", "no", "yes", "no", "yes"]
