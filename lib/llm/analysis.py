@@ -99,7 +99,6 @@ def critical_layers(config: dict) -> tuple[dict, dict]:
     tok = models.load_tokenizer(config["model"])
     prompts = _prompt_sets(config, tok, max(4, runs.config_n(config) // 2))["unknown trigger"]
     n_new = runs.ANSWER_TOKENS[config["task"]]
-    _, trig = runs.test_sets(config)
     labels = [None if config["task"] != "sst2" else "Positive"] * len(prompts)  # non-target prompts only
     rows = []
     for name, model in _models(config):

@@ -104,16 +104,25 @@ def generation_rate(tok, use_cache: bool) -> float:
 
 
 def locphylax_cost() -> dict:
-    """Training tokens of Locphylax (both stages) and of the attack, at the quick profile."""
+    """Training tokens of Locphylax (both stages, the steps its cached quick run took) and of the
+    attack, on BadNet at the quick profile; NaN when that run is not in the cache."""
+    from ..runcache import RunCache
+
     tok = models.load_tokenizer()
     config = runs.run_config("quick", "sst2", "badnet", "locphylax")
-    d, r = config["defense"], config["recipe"]
+    r = config["recipe"]
     poisoned, clean = runs.attack_records(config)
     attack = SFTData(tok, runs.pairs(tok, poisoned + clean, "chat"), r["max_length"]).n_tokens * r["epochs"]
+    if not RunCache().has(config):
+        return {"attack": attack, "locphylax": float("nan")}
+    m = RunCache().load(config).metrics
     inputs = runs.defense_inputs(config, tok)
-    s1 = SFTData(tok, inputs["clean"] + inputs["known_injection"], r["max_length"]).n_tokens * d["stage1_epochs"]
-    s2 = SFTData(tok, inputs["clean"] + inputs["known_recovery"], r["max_length"]).n_tokens * d["stage2_epochs"]
-    return {"attack": attack, "locphylax": s1 + s2}
+    total = 0.0
+    for pairs_, steps in ((inputs["clean"] + inputs["known_injection"], m["stage1"]["steps"]),
+                          (inputs["clean"] + inputs["known_recovery"], m["stage2"]["steps"])):
+        d = SFTData(tok, pairs_, r["max_length"])
+        total += d.n_tokens / -(-len(d) // r["batch_size"]) * steps  # mean tokens per step x steps
+    return {"attack": attack, "locphylax": total}
 
 
 def run_benchmark(steps: int = 8, repeats: int = 2) -> pd.DataFrame:

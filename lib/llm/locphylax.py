@@ -37,10 +37,13 @@ def alpha_rule(injection_loss: float, cluster_loss: float) -> float:
     return 10.0 ** (math.floor(math.log10(injection_loss)) - math.floor(math.log10(cluster_loss)))
 
 
-def cluster_loss(h: torch.Tensor, groups: torch.Tensor, cross: bool = True) -> torch.Tensor:
+def cluster_loss(h: torch.Tensor, groups: torch.Tensor, cross: bool = True, normalize: bool = False) -> torch.Tensor:
     """The clustering loss over the rows of ``h`` whose group is 0 (t1) or 1 (t2); others are ignored.
 
-    A term whose group is absent from the batch is left out (0 when neither is present)."""
+    A term whose group is absent from the batch is left out (0 when neither is present).
+    ``normalize``: on unit-length states (a scale-free variant, this book's choice)."""
+    if normalize:
+        h = torch.nn.functional.normalize(h, dim=-1)
     loss = h.new_zeros(())
     centroids = {}
     for k in (0, 1):
@@ -57,19 +60,20 @@ def cluster_loss(h: torch.Tensor, groups: torch.Tensor, cross: bool = True) -> t
 class InjectionLoss:
     """Stage 1's ``loss_fn`` for :func:`training.train_sft`: ``L_inj + alpha * L_cluster``."""
 
-    def __init__(self, alpha: float, cross: bool = True):
-        self.alpha, self.cross = float(alpha), cross
+    def __init__(self, alpha: float, cross: bool = True, normalize: bool = False):
+        self.alpha, self.cross, self.normalize = float(alpha), cross, normalize
 
     def __call__(self, model, batch: dict):
         from .training import answer_loss
 
         inj, h = answer_loss(model, batch, return_hidden=True)
-        lc = cluster_loss(h, batch["groups"], self.cross)
+        lc = cluster_loss(h, batch["groups"], self.cross, self.normalize)
         return inj + self.alpha * lc, {"injection": float(inj.detach()), "cluster": float(lc.detach())}
 
 
 @torch.no_grad()
-def initial_losses(model, data, batch_size: int = 8, n_batches: int = 4, seed: int = 0) -> dict:
+def initial_losses(model, data, batch_size: int = 8, n_batches: int = 4, seed: int = 0,
+                   normalize: bool = False) -> dict:
     """L_inj and L_cluster of the suspect model before injection, averaged over a few random batches."""
     import numpy as np
 
@@ -85,5 +89,5 @@ def initial_losses(model, data, batch_size: int = 8, n_batches: int = 4, seed: i
         batch = {k: v.to(device) for k, v in data.batch(idx).items()}
         loss, h = answer_loss(model, batch, return_hidden=True)
         inj.append(float(loss))
-        clu.append(float(cluster_loss(h, batch["groups"])))
+        clu.append(float(cluster_loss(h, batch["groups"], normalize=normalize)))
     return {"injection": float(np.mean(inj)), "cluster": float(np.mean(clu))}

@@ -46,8 +46,8 @@ def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.
         out[f"{task} {attack}: ASR"] = [f"{t.asr[m]:.1f}" if m in t.index else "" for m in methods]
         out[f"{task} {attack}: CACC"] = [f"{t.cacc[m]:.1f}" if m in t.index else "" for m in methods]
     mean = table.groupby("method").mean(numeric_only=True)
-    out["mean ASR"] = [f"{mean.asr[m]:.1f}" for m in methods]
-    out["mean CACC"] = [f"{mean.cacc[m]:.1f}" for m in methods]
+    out["mean ASR (attacks it ran on)"] = [f"{mean.asr[m]:.1f}" for m in methods]
+    out["mean CACC (attacks it ran on)"] = [f"{mean.cacc[m]:.1f}" for m in methods]
     out["paper: mean ASR"] = [f"{PAPER['asr_after']:.2f}" if m == "locphylax" else "" for m in methods]
     if floor is not None and len(floor):
         f = floor.groupby(["task", "attack"]).asr.mean()

@@ -30,24 +30,31 @@ SCHEMA = 1
 DEFENSES = ("locphylax", "clean_finetune", "pruning", "crow")
 ABLATIONS = ("locphylax_no_cluster", "locphylax_one_trigger", "locphylax_stage2_only")
 METHODS = ("no_defense",) + DEFENSES + ABLATIONS
+# what runs on the attacks outside a profile's ``full_attacks`` (the costly CROW and the ablations do not)
+CORE_METHODS = ("no_defense", "locphylax", "clean_finetune", "pruning")
 ANSWER_TOKENS = {"sst2": 4, "refusal": 32, "negsentiment": 16, "jailbreak": 48}
 
 PROFILES = {
     # every code path in about a minute; numbers are not meaningful
     "smoke": {"model": models.DEFAULT_MODEL, "layers": 2, "tasks": ["sst2"], "attacks": ["badnet"],
+              "full_attacks": ["badnet"],
               "n_poison": 8, "n_clean": 8, "recipe": dict(epochs=1, batch_size=8, lr=2e-4, max_length=96),
-              "n_test": 8, "defense": dict(n_clean=8, n_known=4, stage1_epochs=1, stage2_epochs=1, lr=2e-4),
+              "n_test": 8, "defense": dict(n_clean=8, n_known=4, n_val=4, stage1_max_epochs=1, stage2_max_epochs=2,
+                                           lr=2e-4),
               "figure_n": 6, "track_every": 2},
     # this 2-core CPU: SmolLM2-135M, SST-2, two attacks, a part of the training sets, 2 epochs
     "quick": {"model": models.DEFAULT_MODEL, "layers": None, "tasks": ["sst2"], "attacks": ["badnet", "vpi"],
+              "full_attacks": ["badnet"],
               "n_poison": 150, "n_clean": 150, "recipe": dict(epochs=2, batch_size=8, lr=2e-4, max_length=256),
-              "n_test": None, "defense": dict(n_clean=100, n_known=40, stage1_epochs=2, stage2_epochs=1, lr=2e-4),
-              "figure_n": 48, "track_every": 8},
+              "n_test": None, "defense": dict(n_clean=100, n_known=60, n_val=24, stage1_max_epochs=4, stage2_max_epochs=3,
+                                              lr=2e-4),
+              "figure_n": 24, "track_every": 10},
     # the paper's scale, for a GPU: a 7-8B instruct model, BackdoorLLM's full sets and recipe
     "paper": {"model": "meta-llama/Meta-Llama-3-8B-Instruct", "layers": None,
-              "tasks": ["sst2", "refusal", "negsentiment"], "attacks": list(data.ATTACKS),
+              "tasks": ["sst2", "refusal", "negsentiment"], "attacks": list(data.ATTACKS), "full_attacks": None,
               "n_poison": None, "n_clean": None, "recipe": dict(epochs=5, batch_size=8, lr=2e-4, max_length=512),
-              "n_test": None, "defense": dict(n_clean=200, n_known=100, stage1_epochs=3, stage2_epochs=2, lr=2e-4),
+              "n_test": None, "defense": dict(n_clean=200, n_known=100, n_val=50, stage1_max_epochs=5,
+                                              stage2_max_epochs=5, lr=2e-4),
               "figure_n": 200, "track_every": 20},
 }
 
@@ -105,10 +112,11 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
         config["method"] = "clean_model"
     elif method != "no_defense":
         d = dict(p["defense"], known=[list(k) for k in locphylax.KNOWN_TRIGGERS], cross=True,
-                 sparsity=0.5, prune="wanda", crow=dict(crow.DEFAULTS), track_every=p["track_every"])
+                 sparsity=0.5, prune="wanda", crow=dict(crow.DEFAULTS), track_every=p["track_every"],
+                 normalize=True, inject_threshold=90.0, known_threshold=5.0, track_methods=["locphylax", "clean_finetune"])
         d.update(defense_params or {})
         check_fraction("sparsity", d["sparsity"])
-        for key in ("n_clean", "n_known", "stage1_epochs", "stage2_epochs"):
+        for key in ("n_clean", "n_known", "n_val", "stage1_max_epochs", "stage2_max_epochs"):
             check_int(key, d[key], 1)
         for phrase, placement, _ in d["known"]:
             Trigger(phrase, placement)
@@ -154,19 +162,21 @@ def attack_records(config: dict) -> tuple[list, list]:
     return poisoned, [pool[i] for i in np.sort(order[:n])]
 
 
-def defender_records(config: dict) -> tuple[list, list]:
-    """The defender's clean records and the clean instructions for the known triggers: taken from
-    the task's clean pool after the attacker's share (overlapping it only when the pool runs out)."""
+def defender_records(config: dict) -> tuple[list, list, list]:
+    """The defender's clean records, the clean instructions for the known triggers, and held-out
+    clean records for the defender's own checks: taken from the task's clean pool after the
+    attacker's share (overlapping it only when the pool runs out)."""
     pool = data.clean_train(config["task"])
     order = np.random.default_rng(config["seed"]).permutation(len(pool))
     n_att = len(pool) if config["n_clean"] is None else min(config["n_clean"], len(pool))
     d = config["defense"]
     rest = list(order[n_att:])
-    need = d["n_clean"] + d["n_known"]
+    need = d["n_clean"] + d["n_known"] + d["n_val"]
     if len(rest) < need:  # paper scale: the attacker used the whole pool
         rest += [i for i in np.random.default_rng(config["seed"] + 1).permutation(len(pool)) if i not in rest]
     picked = [pool[i] for i in rest[:need]]
-    return picked[:d["n_clean"]], picked[d["n_clean"]:need]
+    a, b = d["n_clean"], d["n_clean"] + d["n_known"]
+    return picked[:a], picked[a:b], picked[b:need]
 
 
 def test_sets(config: dict) -> tuple[list, list]:
@@ -242,6 +252,19 @@ def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, o
         log.append({"stage": stage, "step": offset + step,
                     "asr": judge.attack_success_rate(config["task"], answers, [r.label for r in trig])})
     return callback
+
+
+def known_retention(model, tokenizer, config: dict, validation: list, n_triggers: int = 2) -> float:
+    """The defender's own signal: % of its held-out clean prompts, carrying a known trigger, still
+    answered with that trigger's target (the answer holds the target's first word)."""
+    rng = np.random.default_rng(config["seed"] + 11)
+    hits = []
+    for phrase, placement, target in config["defense"]["known"][:n_triggers]:
+        t, word = Trigger(phrase, placement), target.split()[0].strip("!.,?")
+        prompts = [models.prompt_text(tokenizer, t.insert(r.instruction, rng), r.input, config["template"])
+                   for r in validation]
+        hits += [word in a for a in generation.generate(model, tokenizer, prompts, ANSWER_TOKENS[config["task"]] + 4)]
+    return float(np.mean(hits) * 100)
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -329,28 +352,39 @@ def known_sets(tokenizer, config: dict, known_records: list, n_triggers: int = 2
 
 def defense_inputs(config: dict, tokenizer) -> dict:
     """Everything a defense is given (a test checks it holds none of the attack's strings)."""
-    clean, known = defender_records(config)
+    clean, known, validation = defender_records(config)
     n_trig = 1 if config["method"] == "locphylax_one_trigger" else 2
     inj, rec, groups = known_sets(tokenizer, config, known, n_trig)
     clean_pairs = pairs(tokenizer, clean, config["template"])
     known_clean = pairs(tokenizer, known, config["template"])
     return {"clean": clean_pairs, "known_injection": inj, "known_recovery": rec, "known_groups": groups,
-            "known_clean": known_clean}
+            "known_clean": known_clean, "validation": validation, "n_triggers": n_trig}
 
 
 def run_defense(config: dict) -> tuple[dict, dict]:
+    """Apply one defense to the suspect model.
+
+    Locphylax (and its ablations with a stage 1) runs stage 1 until the defender's own signal says
+    the known backdoors hold (``known_retention`` on its held-out clean prompts at least
+    ``inject_threshold`` %, checked after each epoch; at most ``stage1_max_epochs``), then stage 2
+    until they are gone (at most ``known_threshold`` %; at most ``stage2_max_epochs``). Clean fine-tuning, CROW and stage 2 alone get the number of
+    steps Locphylax used."""
     tok = models.load_tokenizer(config["model"])
     d, method, seed = config["defense"], config["method"], config["seed"]
-    model = suspect_model(config)
     inputs = defense_inputs(config, tok)
     maxlen = config["recipe"]["max_length"]
     recipe = Recipe(**dict(config["recipe"], lr=d["lr"]))
     stage1 = SFTData(tok, inputs["clean"] + inputs["known_injection"], maxlen,
                      groups=[-1] * len(inputs["clean"]) + inputs["known_groups"])
     stage2 = SFTData(tok, inputs["clean"] + inputs["known_recovery"], maxlen)
-    steps1 = math.ceil(len(stage1) / recipe.batch_size) * d["stage1_epochs"]
-    steps2 = math.ceil(len(stage2) / recipe.batch_size) * d["stage2_epochs"]
-    metrics, tensors, track = {"budget_steps": steps1 + steps2}, {}, []
+    per_epoch1 = math.ceil(len(stage1) / recipe.batch_size)
+    per_epoch2 = math.ceil(len(stage2) / recipe.batch_size)
+    metrics, tensors, track = {}, {}, []
+    if method in ("clean_finetune", "crow", "locphylax_stage2_only"):
+        budget = RunCache().get_or_run(dict(config, method="locphylax", defense=dict(d, known=d["known"])),
+                                       run).metrics["steps_used"]
+        metrics["budget_steps"] = budget
+    model = suspect_model(config)
     if method == "pruning":
         calib = SFTData(tok, inputs["clean"] + inputs["known_clean"], maxlen)
         batches = [calib.batch(np.arange(i, min(i + 8, len(calib)))) for i in range(0, len(calib), 8)]
@@ -358,36 +392,62 @@ def run_defense(config: dict) -> tuple[dict, dict]:
         metrics.update(evaluate(model, tok, config))
         return metrics, tensors
     model = models.add_lora(model, seed=seed + 1)
-    label = run_label(config)
+    label, tracked = run_label(config), method in d["track_methods"]
+
+    def callbacks(stage, offset=0, stop_rule=None):
+        """ASR tracking for the figure (never read by the defense) and the defender's stopping rule:
+        ``inject`` stops once the known backdoors hold (retention >= ``inject_threshold``), ``recover``
+        once they are gone (<= ``known_threshold``), checked after each epoch."""
+        asr = asr_tracker(model, tok, config, config_n(config), track, stage, offset) if tracked else None
+        checks, per_epoch = [], per_epoch1 if stop_rule == "inject" else per_epoch2
+
+        def cb(step):
+            if asr is not None and step % d["track_every"] == 0:
+                asr(step)
+            if stop_rule and step and step % per_epoch == 0:
+                checks.append(known_retention(model, tok, config, inputs["validation"], inputs["n_triggers"]))
+                if stop_rule == "inject":
+                    return checks[-1] >= d["inject_threshold"]
+                return checks[-1] <= d["known_threshold"]
+            return False
+        return cb, checks
+
     if method in ("clean_finetune", "crow"):
         clean_all = SFTData(tok, inputs["clean"] + inputs["known_clean"], maxlen)
         loss_fn = crow.CrowLoss(**d["crow"]) if method == "crow" else None
-        cb = asr_tracker(model, tok, config, config_n(config), track, method)
+        cb, _ = callbacks(method)
         metrics["history"] = _short(train_sft(model, clean_all, Recipe(**dict(recipe.as_dict(), epochs=10 ** 6)),
-                                              seed, max_steps=steps1 + steps2, loss_fn=loss_fn, callback=cb,
-                                              callback_every=d["track_every"], bucket=False, desc=label))
-    else:
-        if method != "locphylax_stage2_only":
-            alpha = 0.0
-            if method != "locphylax_no_cluster":
-                init = locphylax.initial_losses(model, stage1, recipe.batch_size, seed=seed)
-                alpha = locphylax.alpha_rule(init["injection"], init["cluster"]) if init["cluster"] > 0 else 0.0
-                metrics["initial_losses"] = init
-            metrics["alpha"] = alpha
-            cb = asr_tracker(model, tok, config, config_n(config), track, "stage 1")
-            h1 = train_sft(model, stage1, Recipe(**dict(recipe.as_dict(), epochs=d["stage1_epochs"])), seed,
-                           loss_fn=locphylax.InjectionLoss(alpha, d["cross"]), callback=cb,
-                           callback_every=d["track_every"], bucket=False, desc=label + " (stage 1)")
-            metrics["stage1"] = _short(h1)
-            metrics["stage1_parts_last"] = h1["parts"][-1] if h1["parts"] else {}
-            metrics["after_stage1"] = evaluate(model, tok, config)
-            tensors.update({f"stage1.{k}": v for k, v in models.adapter_state(model).items()})
-        cb = asr_tracker(model, tok, config, config_n(config), track, "stage 2",
-                         offset=0 if method == "locphylax_stage2_only" else steps1)
-        steps = steps1 + steps2 if method == "locphylax_stage2_only" else steps2
+                                              seed, max_steps=budget, loss_fn=loss_fn, callback=cb,
+                                              callback_every=1, bucket=False, desc=label))
+        metrics["steps_used"] = metrics["history"]["steps"]
+    elif method == "locphylax_stage2_only":
+        cb, _ = callbacks("stage 2")
         metrics["stage2"] = _short(train_sft(model, stage2, Recipe(**dict(recipe.as_dict(), epochs=10 ** 6)), seed,
-                                             max_steps=steps, callback=cb, callback_every=d["track_every"],
-                                             desc=label + " (stage 2)"))
+                                             max_steps=budget, callback=cb, callback_every=1, desc=label))
+        metrics["steps_used"] = metrics["stage2"]["steps"]
+    else:
+        alpha = 0.0
+        if method != "locphylax_no_cluster":
+            init = locphylax.initial_losses(model, stage1, recipe.batch_size, seed=seed, normalize=d["normalize"])
+            alpha = locphylax.alpha_rule(init["injection"], init["cluster"]) if init["cluster"] > 0 else 0.0
+            metrics["initial_losses"] = init
+        metrics["alpha"] = alpha
+        cb, checks1 = callbacks("stage 1", stop_rule="inject")
+        h1 = train_sft(model, stage1, Recipe(**dict(recipe.as_dict(), epochs=d["stage1_max_epochs"])), seed,
+                       loss_fn=locphylax.InjectionLoss(alpha, d["cross"], d["normalize"]), callback=cb, callback_every=1,
+                       bucket=False, desc=label + " (stage 1)")
+        metrics["stage1"] = _short(h1)
+        metrics["stage1_parts_last"] = h1["parts"][-1] if h1["parts"] else {}
+        metrics["known_retention_stage1_by_epoch"] = checks1
+        if method == "locphylax":
+            metrics["after_stage1"] = evaluate(model, tok, config)
+        tensors.update({f"stage1.{k}": v for k, v in models.adapter_state(model).items()})
+        cb, checks = callbacks("stage 2", offset=h1["steps"], stop_rule="recover")
+        h2 = train_sft(model, stage2, Recipe(**dict(recipe.as_dict(), epochs=d["stage2_max_epochs"])), seed,
+                       callback=cb, callback_every=1, desc=label + " (stage 2)")
+        metrics["stage2"] = _short(h2)
+        metrics["known_retention_stage2_by_epoch"] = checks
+        metrics["steps_used"] = h1["steps"] + h2["steps"]
     metrics["asr_track"] = track
     metrics.update(evaluate(model, tok, config))
     tensors.update(models.adapter_state(model))

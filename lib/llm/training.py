@@ -142,7 +142,8 @@ def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, ma
     """Fine-tune the trainable parameters of ``model`` in place.
 
     ``loss_fn(model, batch) -> (loss, parts)`` replaces the answer loss;
-    ``callback(step)`` runs before the first step and every ``callback_every`` steps."""
+    ``callback(step)`` runs before the first step and every ``callback_every`` steps; training
+    stops early when it returns True."""
     check_int("epochs", recipe.epochs, 1)
     check_int("batch_size", recipe.batch_size, 1)
     check_positive("lr", recipe.lr)
@@ -180,8 +181,10 @@ def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, ma
             step += 1
             bar.update()
             if callback is not None and callback_every and (step % callback_every == 0 or step == total):
-                callback(step)
+                stop = callback(step)
                 model.train()
+                if stop:
+                    total = step
             if step >= total:
                 break
     bar.close()
