@@ -65,7 +65,7 @@ def headline(table: pd.DataFrame) -> dict:
     after = np.mean([t.asr[(a, b, "locphylax")] for a, b in pairs])
     before = np.mean([t.asr[(a, b, "no_defense")] for a, b in pairs])
     dcacc = np.mean([t.cacc[(a, b, "locphylax")] - t.cacc[(a, b, "no_defense")] for a, b in pairs])
-    return {"asr_before": before, "asr_after": after, "cacc_change": dcacc, "n_attacks": len(pairs)}
+    return {"asr_before": float(before), "asr_after": float(after), "cacc_change": float(dcacc), "n_attacks": len(pairs)}
 
 
 def claims_table(table: pd.DataFrame) -> pd.DataFrame:
