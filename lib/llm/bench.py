@@ -16,7 +16,6 @@ Results go to stdout and to ``<output>/tables/bench-locphylax.csv``.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -27,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import machine
 from ..batching import bucketed_batches
+from .. import benchmarks
 from ..benchmarks import matmul_rate
-from ..reporting import save_table
 from . import models, runs
 from .training import Recipe, SFTData, answer_loss, train_sft
 
@@ -164,14 +163,7 @@ def run_benchmark(steps: int = 8, repeats: int = 2) -> pd.DataFrame:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m moebackdoor.llm.bench")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
-    df = run_benchmark(args.steps, args.repeats)
-    with pd.option_context("display.width", 120, "display.max_colwidth", 80):
-        print(df[["measure", "value", "target"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print("written to", save_table(df, "bench-locphylax"))
+    benchmarks.main("python -m moebackdoor.llm.bench", run_benchmark, "bench-locphylax", 8, argv, width=80)
 
 
 if __name__ == "__main__":

@@ -269,7 +269,7 @@ def known_retention(model, tokenizer, config: dict, validation: list, n_triggers
 
 # --- runs ------------------------------------------------------------------------------------
 
-def run(config: dict, max_steps: int | None = None) -> tuple[dict, dict]:
+def run(config: dict) -> tuple[dict, dict]:
     start = time.perf_counter()
     if config["method"] == "no_defense" and config["eval_template"] != config["template"]:
         fn = run_reevaluation
@@ -381,8 +381,7 @@ def run_defense(config: dict) -> tuple[dict, dict]:
     per_epoch2 = math.ceil(len(stage2) / recipe.batch_size)
     metrics, tensors, track = {}, {}, []
     if method in ("clean_finetune", "crow", "locphylax_stage2_only"):
-        budget = RunCache().get_or_run(dict(config, method="locphylax", defense=dict(d, known=d["known"])),
-                                       run).metrics["steps_used"]
+        budget = RunCache().get_or_run(dict(config, method="locphylax"), run).metrics["steps_used"]
         metrics["budget_steps"] = budget
     model = suspect_model(config)
     if method == "pruning":
@@ -461,13 +460,3 @@ def config_n(config: dict) -> int:
 def results(configs: list[dict], cache: RunCache | None = None, force: bool = False, executor=None) -> list:
     return (cache or RunCache()).sweep(configs, run, force, desc="Locphylax runs", label=run_label,
                                        executor=executor)
-
-
-def chapter_configs(profile_name: str, tasks=None, attacks=None, methods=None, seed: int = 0, **kw) -> list[dict]:
-    p = profile(profile_name)
-    out = []
-    for task in tasks or p["tasks"]:
-        for attack in attacks or p["attacks"]:
-            for method in methods or METHODS:
-                out.append(run_config(profile_name, task, attack, method, seed, **kw))
-    return out

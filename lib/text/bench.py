@@ -16,7 +16,6 @@ Results go to stdout and to ``<output>/tables/bench-npoe-training.csv``.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -26,8 +25,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import machine
+from .. import benchmarks
 from ..benchmarks import matmul_rate
-from ..reporting import save_table
 from .data import load_split
 from .models import DEFAULT_ENCODER, MAX_LENGTH, load_classifier, load_tokenizer
 from .training import (PoE, Recipe, Tokenized, bucketed_batches, plain_batches, train_classifier, train_poe,
@@ -130,14 +129,7 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m moebackdoor.text.bench")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
-    df = run_benchmark(args.steps, args.repeats)
-    with pd.option_context("display.width", 120, "display.max_colwidth", 70):
-        print(df[["measure", "value", "target"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print("written to", save_table(df, "bench-npoe-training"))
+    benchmarks.main("python -m moebackdoor.text.bench", run_benchmark, "bench-npoe-training", 12, argv, width=70)
 
 
 if __name__ == "__main__":
