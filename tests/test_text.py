@@ -187,3 +187,26 @@ def test_pseudo_dev_selection_follows_the_authors_rule():
     assert poe.select_by_pseudo_dev([c(0.4, 84)], "offenseval") == 0  # OffensEval's cut-off is 80
     with pytest.raises(ValueError):
         poe.select_by_pseudo_dev([], "sst2")
+
+
+def test_plain_rdrop_loss_is_cross_entropy_plus_the_kl_of_two_passes():
+    """No defense with R-drop (the authors' plain_train under --do_Rdrop): CE on the first pass +
+    alpha x the symmetric KL between two dropout passes, both taken in one batch."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from moebackdoor.text.training import PoE, training_loss
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=16,
+                                                     hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.0))
+    model.train()
+    batch = {"input_ids": torch.tensor([[1, 5, 5, 7], [2, 3, 9, 0]]), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    y = torch.tensor([0, 1])
+    torch.manual_seed(3)
+    got = training_loss(model, [], None, batch, y, PoE(rdrop_alpha=2.0), [])
+    torch.manual_seed(3)
+    both = model(**{k: torch.cat([v, v]) for k, v in batch.items()}).logits
+    r1, r2 = both.chunk(2)
+    assert not torch.allclose(r1, r2)  # dropout made the passes differ
+    expected = torch.nn.functional.cross_entropy(r1, y) + 2.0 * poe.symmetric_kl(r1, r2)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)

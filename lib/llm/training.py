@@ -8,8 +8,9 @@ norm clipped to 1) made cheaper in three exact ways:
   not on every prompt position: the loss is the same;
 - AdamW is the fused implementation.
 
-bf16 autocast is used on a GPU; on this CPU it measured slower than fp32 for these shapes
-(``make bench`` reports both), so the CPU default is fp32.
+bf16 autocast is used where the machine multiplies bf16 faster than fp32 (a GPU, a CPU with AMX;
+measured once per process by :func:`moebackdoor.devices.fast_precision`); on CPUs without AMX
+bf16 measured slower, so fp32 is used there (``make bench`` reports both).
 
 A ``loss_fn(model, batch) -> (loss, parts)`` replaces the answer loss (Locphylax adds its
 clustering term, CROW its layer-consistency term).
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batching import bucketed_batches, plain_batches
-from ..devices import default_device
+from ..devices import default_device, fast_precision
 from ..params import check_int, check_positive
 from ..progress import Bar
 
@@ -132,7 +133,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def default_precision(device: torch.device) -> str:
-    return "bf16" if device.type == "cuda" else "fp32"
+    return fast_precision(device)
 
 
 def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, max_steps: int | None = None,

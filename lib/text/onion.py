@@ -6,8 +6,9 @@ the sentence without ``w_i``; words with ``f_i > threshold`` are removed before 
 classifier sees the sentence. Choices (OpenBackdoor's ``ONIONDefender`` where the paper
 leaves freedom): threshold 0 and batch 32 by default, inputs truncated to 96 LM tokens,
 sentences of one word left as they are. The paper's GPT-2 is replaced by SmolLM2-135M
-(offline; any Hugging Face causal LM name works), run under bf16 autocast by default (2x
-faster on this CPU; on 24 SST-2 test sentences it removed the same words as fp32 in 23). Unlike OpenBackdoor, padding is masked
+(offline; any Hugging Face causal LM name works), run under bf16 autocast where that is faster
+(``precision="auto"``, the chapter's default: on a CPU with AMX bf16 was 2x faster, and on 24 SST-2
+test sentences it removed the same words as fp32 in 23; without AMX fp32 is faster and is used). Unlike OpenBackdoor, padding is masked
 out of the loss, and a start token is prepended so that the first word is scored too (the
 tokenizer's BOS; for SmolLM2, ``<|endoftext|>``). The leave-one-out variants of several
 sentences share forward passes.
@@ -20,12 +21,13 @@ import numpy as np
 import torch
 
 from .. import metrics, pretrained
+from ..devices import fast_precision
 from ..params import ParameterError, check_int
 from ..progress import Bar
 
 DEFAULT_LM = pretrained.SMOLLM
 MAX_LM_TOKENS = 96  # OpenBackdoor's GPT2LM max_length
-PRECISIONS = ("bf16", "fp32")  # the LM's forward pass: bf16 autocast, or plain fp32
+PRECISIONS = ("auto", "bf16", "fp32")  # the LM's forward pass: bf16 autocast, plain fp32, or the faster here
 # SmolLM2-Instruct's BOS is its chat token <|im_start|>; its pretraining documents follow
 # <|endoftext|>, after which plain sentences get a lower perplexity
 START_TOKEN = {pretrained.SMOLLM: "<|endoftext|>"}
@@ -40,14 +42,13 @@ class Perplexity:
     """Sentence perplexity under a causal LM: ``exp`` of the mean next-token loss after a start token."""
 
     def __init__(self, name: str = DEFAULT_LM, batch_size: int = 32, max_length: int = MAX_LM_TOKENS,
-                 device: str | torch.device | None = None, precision: str = "bf16"):
+                 device: str | torch.device | None = None, precision: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.max_length = check_int("max_length", max_length, minimum=1)
         if precision not in PRECISIONS:
             raise ParameterError("precision", f"one of {list(PRECISIONS)}", precision)
-        self.precision = precision
         try:
             path = pretrained.causal_lm_path(name)
             self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -56,6 +57,7 @@ class Perplexity:
             raise ParameterError("lm", "a causal LM name or folder that can be loaded", name) from e
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(device).eval()
+        self.precision = fast_precision(torch.device(device)) if precision == "auto" else precision
         # the token every sentence is scored after: BOS (GPT-2's is its EOS, <|endoftext|>)
         start = START_TOKEN.get(name, self.tokenizer.bos_token or self.tokenizer.eos_token)
         self.start_id = self.tokenizer.convert_tokens_to_ids(start)

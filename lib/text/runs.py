@@ -35,7 +35,7 @@ TRAINED = ("no_defense", "benign", "dpoe", "npoe")
 DEFENSES = ("onion", "bki", "strip", "rap")
 METHODS = TRAINED + DEFENSES
 # OpenBackdoor's defaults; ``n_test``: ONION's test sentences per set (its LM is slow on a CPU)
-DEFENSE_PARAMS = {"onion": {"threshold": 0.0, "precision": "bf16"}, "bki": {"top_k": 5, "n_keywords": 1},
+DEFENSE_PARAMS = {"onion": {"threshold": 0.0, "precision": "auto"}, "bki": {"top_k": 5, "n_keywords": 1},
                   "strip": {"repeat": 5, "swap_ratio": 0.5, "frr": 0.01},
                   "rap": {"rap_word": "cf", "epochs": 5, "lr": 1e-2, "prob_range": [-0.1, -0.3], "frr": 0.01}}
 # the authors' expert pre-training order: expert b gets set b mod 4
@@ -46,7 +46,7 @@ PROFILES = {
     "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "n_test": 100, "max_length": 48,
               "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2),
-              "onion_n_test": 8, "n_dev": 100, "seeds": (0,), "select_beta": [1.0, 2.0],
+              "onion_n_test": 8, "bki_n_score": None, "n_dev": 100, "seeds": (0,), "select_beta": [1.0, 2.0],
               "datasets": ["sst2"], "settings": ["mix4"],
               "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2], gate_layers=[1, 2],
                               rate_scale=[1.0, 2.0])},
@@ -54,7 +54,7 @@ PROFILES = {
     "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": None, "n_test": None, "max_length": 64,
               "recipe": dict(epochs=2, batch_size=16, lr=3e-5, small_lr=5e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
-              "onion_n_test": 150, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0, 15.0],
+              "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0, 15.0],
               "datasets": ["sst2"], "settings": ["mix3"],
               # the sensitivity figures: smaller runs, so that the four figures fit in the hour
               "figures": dict(n_train=1500, epochs=2, expert_layers=[1, 3], gate_layers=[1, 3],
@@ -63,7 +63,7 @@ PROFILES = {
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
               "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
-              "onion_n_test": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4),
+              "onion_n_test": None, "bki_n_score": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4),
               "select_beta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0],
               "datasets": ["sst2", "offenseval", "trec", "hatespeech"],
               "settings": ["badnet", "insertsent", "syntactic", "style", "mix3", "mix4"],
@@ -122,6 +122,8 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
         config["defense"] = dict(DEFENSE_PARAMS[method])
         if method == "onion":
             config["defense"]["n_test"] = p["onion_n_test"]
+        if method == "bki" and p["bki_n_score"] is not None:
+            config["defense"]["n_score"] = p["bki_n_score"]
         if p["n_dev"] is not None:  # smoke: a part of the clean dev set fits the thresholds
             config["defense"]["n_dev"] = p["n_dev"]
     return config
@@ -343,6 +345,7 @@ def run_defense(config: dict) -> tuple[dict, dict]:
     start = time.perf_counter()
     if config["method"] == "onion":
         lm = onion.Perplexity(precision=d.get("precision", "fp32"))
+        metrics["lm_precision"] = lm.precision
         metrics.update(evaluate(classifier, dict(config, n_test=d["n_test"]),
                                 lambda s: (onion.onion_filter(s, lm, d["threshold"], progress=False),
                                            np.ones(len(s), dtype=bool))))
@@ -359,7 +362,12 @@ def run_defense(config: dict) -> tuple[dict, dict]:
         metrics.update(evaluate(classifier, config, lambda s: (s, ~detector.detect(s))))
     else:  # bki: drop the training sentences holding the suspected words, train anew
         _, poisoned = training_set(config)
-        keywords = bki.bki_keywords(classifier, poisoned.data.sentences, d["top_k"], d["n_keywords"])
+        scored = poisoned.data.sentences
+        if d.get("n_score") is not None and d["n_score"] < len(scored):  # quick: the statistics on a seeded subset
+            pick = np.sort(np.random.default_rng(config["seed"]).permutation(len(scored))[:d["n_score"]])
+            scored = [scored[i] for i in pick]
+        metrics["n_scored"] = len(scored)
+        keywords = bki.bki_keywords(classifier, scored, d["top_k"], d["n_keywords"])
         keep = bki.bki_filter(poisoned.data.sentences, keywords)
         metrics["keywords"] = [[w, float(v)] for w, v in keywords]
         metrics["removed"] = int((~keep).sum())

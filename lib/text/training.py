@@ -2,7 +2,8 @@
 
 Sentences are tokenized once; a batch is padded to its own longest sentence (dynamic padding),
 and batches are drawn from length buckets (sentences of similar length together), in bf16
-autocast where the machine has it (``fast=True``). ``fast=False`` is a plain fp32 loop over
+autocast where the machine multiplies bf16 faster than fp32 (``fast=True``; measured once, see
+:func:`moebackdoor.devices.fast_precision`). ``fast=False`` is a plain fp32 loop over
 the same batches, padded to ``pad_to`` if given (the authors pad to 256): the benchmark's
 reference. The optimiser is the authors': AdamW, weight decay 0.01 except biases and
 LayerNorm, eps 1e-8, linear warm-up over 10 % of the steps then linear decay, gradients
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..batching import bucketed_batches, plain_batches  # noqa: F401 (part of this module's API)
-from ..devices import default_device
+from ..devices import default_device, fast_precision
 from ..params import check_int
 from ..progress import Bar
 from . import poe
@@ -129,7 +130,10 @@ def sparse_embedding_grads(models: list[nn.Module], enabled: bool = True):
 
 
 def autocast(fast: bool, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()
+    """bf16 autocast on the fast path where this machine multiplies bf16 faster (:func:`devices.fast_precision`)."""
+    if fast and fast_precision(device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -138,11 +142,14 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 def train_classifier(model: nn.Module, data: Tokenized, recipe: Recipe, seed: int = 0, fast: bool = True,
                      pad_to: int | None = None, max_steps: int | None = None, desc: str = "training",
-                     progress: bool = True, bucket: bool | None = None) -> dict:
+                     progress: bool = True, bucket: bool | None = None, rdrop_alpha: float = 0.0) -> dict:
     """Fine-tune ``model`` in place with cross-entropy (No defense, Benign, BKI's retraining).
 
-    ``bucket`` (default: ``fast`` and no ``pad_to``) draws batches from length buckets."""
-    return _train(model, [], None, data, recipe, seed, fast, pad_to, max_steps, desc, progress, bucket=bucket)
+    ``bucket`` (default: ``fast`` and no ``pad_to``) draws batches from length buckets.
+    ``rdrop_alpha`` > 0 adds R-drop as the authors' ``plain_train`` does under ``--do_Rdrop``
+    (cross-entropy on the first of two dropout passes + ``rdrop_alpha`` x their symmetric KL)."""
+    cfg = PoE(rdrop_alpha=rdrop_alpha) if rdrop_alpha else None
+    return _train(model, [], None, data, recipe, seed, fast, pad_to, max_steps, desc, progress, cfg, bucket=bucket)
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,7 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
     history["seconds"] = time.perf_counter() - start
     history["sentences_per_second"] = seen / history["seconds"]
     history["steps"] = step
+    history["precision"] = fast_precision(device) if fast else "fp32"
     return history
 
 
@@ -235,6 +243,8 @@ def training_loss(main, experts, gate, batch, y, cfg: PoE | None, trained_side):
         r1, r2 = both.chunk(2)
     else:
         r1, r2 = main(**batch).logits, None
+    if not experts:  # plain training with R-drop (the authors' plain_train)
+        return F.cross_entropy(r1.float(), y) + cfg.rdrop_alpha * poe.symmetric_kl(r1, r2)
     with contextlib.ExitStack() as stack:
         if not any(e in trained_side for e in experts):
             stack.enter_context(torch.no_grad())
