@@ -238,3 +238,15 @@ def test_the_template_is_the_same_at_training_and_evaluation(companion_env):
     assert train_prompt.rstrip().endswith("assistant") and r.instruction in train_prompt
     raw = runs.run_config("smoke", "sst2", "badnet", eval_template="raw")
     assert runs.attack_config(raw)["eval_template"] == "chat"  # the re-evaluation reuses the chat-trained model
+
+
+def test_hidden_state_positions_pick_the_last_prompt_and_the_last_token():
+    """answer_loss's hidden states: the last prompt token, or each sequence's last token (padding skipped)."""
+    model, batch = tiny_lm().eval(), tiny_batch()
+    full = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    _, h_prompt = training.answer_loss(model, batch, return_hidden=True, position="prompt_end")
+    _, h_end = training.answer_loss(model, batch, return_hidden=True, position="answer_end")
+    torch.testing.assert_close(h_prompt, torch.stack([full[0, 3], full[1, 2]]))
+    torch.testing.assert_close(h_end, torch.stack([full[0, 5], full[1, 3]]))
+    with pytest.raises(ValueError, match="position"):
+        training.answer_loss(model, batch, return_hidden=True, position="middle")

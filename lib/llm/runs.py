@@ -23,7 +23,7 @@ import torch
 from ..params import ParameterError, check_choice, check_fraction, check_int, check_optional_int
 from ..runcache import RunCache
 from . import crow, data, generation, judge, locphylax, models, pruning
-from .training import Recipe, SFTData, answer_loss, train_sft
+from .training import HIDDEN_POSITIONS, Recipe, SFTData, answer_loss, train_sft
 from .triggers import ATTACK_STRINGS, Trigger, strip_triggers
 
 SCHEMA = 1
@@ -113,9 +113,10 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
     elif method != "no_defense":
         d = dict(p["defense"], known=[list(k) for k in locphylax.KNOWN_TRIGGERS], cross=True,
                  sparsity=0.5, prune="wanda", crow=dict(crow.DEFAULTS), track_every=p["track_every"],
-                 normalize=True, inject_threshold=90.0, known_threshold=5.0, track_methods=["locphylax", "clean_finetune"])
+                 normalize=True, cluster_token="answer_end", inject_threshold=90.0, known_threshold=5.0, track_methods=["locphylax", "clean_finetune"])
         d.update(defense_params or {})
         check_fraction("sparsity", d["sparsity"])
+        check_choice("cluster_token", d["cluster_token"], HIDDEN_POSITIONS)
         for key in ("n_clean", "n_known", "n_val", "stage1_max_epochs", "stage2_max_epochs"):
             check_int(key, d[key], 1)
         for phrase, placement, _ in d["known"]:
@@ -427,13 +428,14 @@ def run_defense(config: dict) -> tuple[dict, dict]:
     else:
         alpha = 0.0
         if method != "locphylax_no_cluster":
-            init = locphylax.initial_losses(model, stage1, recipe.batch_size, seed=seed, normalize=d["normalize"])
+            init = locphylax.initial_losses(model, stage1, recipe.batch_size, seed=seed, normalize=d["normalize"],
+                                            position=d["cluster_token"])
             alpha = locphylax.alpha_rule(init["injection"], init["cluster"]) if init["cluster"] > 0 else 0.0
             metrics["initial_losses"] = init
         metrics["alpha"] = alpha
         cb, checks1 = callbacks("stage 1", stop_rule="inject")
         h1 = train_sft(model, stage1, Recipe(**dict(recipe.as_dict(), epochs=d["stage1_max_epochs"])), seed,
-                       loss_fn=locphylax.InjectionLoss(alpha, d["cross"], d["normalize"]), callback=cb, callback_every=1,
+                       loss_fn=locphylax.InjectionLoss(alpha, d["cross"], d["normalize"], d["cluster_token"]), callback=cb, callback_every=1,
                        bucket=False, desc=label + " (stage 1)")
         metrics["stage1"] = _short(h1)
         metrics["stage1_parts_last"] = h1["parts"][-1] if h1["parts"] else {}

@@ -95,11 +95,15 @@ def causal_lm(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def answer_loss(model: nn.Module, batch: dict, return_hidden: bool = False):
+HIDDEN_POSITIONS = ("answer_end", "prompt_end")
+
+
+def answer_loss(model: nn.Module, batch: dict, return_hidden: bool = False, position: str = "prompt_end"):
     """Mean cross-entropy over answer tokens, the LM head applied only where it is needed.
 
     Equal to ``model(input_ids, labels=…).loss`` (tested). ``return_hidden``: also the final
-    hidden state at each sequence's last prompt token."""
+    hidden state of each sequence at ``position``: its last prompt token (``prompt_end``), or its
+    last token, the end of the answer (``answer_end``)."""
     lm = causal_lm(model)
     h = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     target = batch["labels"][:, 1:]
@@ -108,7 +112,13 @@ def answer_loss(model: nn.Module, batch: dict, return_hidden: bool = False):
     loss = F.cross_entropy(logits.float(), target[keep])
     if not return_hidden:
         return loss
-    return loss, h[torch.arange(len(h), device=h.device), batch["last_prompt"].to(h.device)].float()
+    if position == "prompt_end":
+        where = batch["last_prompt"].to(h.device)
+    elif position == "answer_end":
+        where = batch["attention_mask"].sum(1).to(h.device) - 1
+    else:
+        raise ValueError(f"position must be one of {HIDDEN_POSITIONS}, got {position!r}")
+    return loss, h[torch.arange(len(h), device=h.device), where].float()
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, steps: int, device: torch.device):
