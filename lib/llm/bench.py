@@ -5,8 +5,8 @@
 Measured in one process, interleaved (this machine's speed drifts minute to minute), on
 BackdoorLLM's ``sst2`` BadNet mix in the chat template, with SmolLM2-135M-Instruct and LoRA r 8:
 - tokens/s of the library's SFT step (length-bucketed batches padded to their longest sequence,
-  the LM head applied only to answer tokens, fused AdamW; fp32 on a CPU, where bf16 autocast
-  measured slower, and the bf16 step beside it) against a plain fp32 loop over the same batches
+  the LM head applied only to answer tokens, fused AdamW; bf16 autocast where this machine
+  multiplies bf16 faster than fp32, else fp32, and the other precision's step beside it) against a plain fp32 loop over the same batches
   (``model(..., labels=...)``, ``torch.optim.AdamW`` with its defaults);
 - model FLOP utilisation: FLOPs of one library step per token x tokens/s, against the fp32 and
   bf16 matmul rates measured in the same run;
@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import machine
 from ..batching import bucketed_batches
 from .. import benchmarks
+from ..devices import fast_precision
 from ..benchmarks import matmul_rate
 from . import models, runs
 from .training import Recipe, SFTData, answer_loss, train_sft
@@ -67,7 +68,7 @@ def rate(data: SFTData, steps: int, method: str) -> float:
         plain_loop(model, data, 2)
         return plain_loop(model, data, steps, seed=1)
     recipe = Recipe(epochs=10 ** 6, batch_size=BATCH)
-    precision = "bf16" if method == "bf16" else "fp32"
+    precision = fast_precision() if method == "library" else method  # "library": the faster here
     train_sft(model, data, recipe, max_steps=2, precision=precision, progress=False)
     return train_sft(model, data, recipe, seed=1, max_steps=steps, precision=precision,
                      progress=False)["tokens_per_second"]
@@ -129,22 +130,24 @@ def run_benchmark(steps: int = 8, repeats: int = 2) -> pd.DataFrame:
     data = _data(tok)
     flops = flops_per_token(data)
     lib, bf16_step, plain, mm32, mm16, gen, gen_nocache = [], [], [], [], [], [], []
+    fast = fast_precision()
+    other = "fp32" if fast == "bf16" else "bf16"
     for _ in range(repeats):  # interleaved, so drift hits all alike
         mm32.append(matmul_rate(torch.float32))
         mm16.append(matmul_rate(torch.bfloat16))
         lib.append(rate(data, steps, "library"))
         plain.append(rate(data, steps, "plain"))
-        bf16_step.append(rate(data, steps, "bf16"))
+        bf16_step.append(rate(data, steps, other))
         gen.append(generation_rate(tok, True))
         gen_nocache.append(generation_rate(tok, False))
     lib_r, plain_r, bf_r, mm32_r, mm16_r, gen_r, genn_r = map(statistics.median,
                                                                (lib, plain, bf16_step, mm32, mm16, gen, gen_nocache))
     cost = locphylax_cost()
     rows = [
-        ("library SFT step (bucketed, answer-only LM head, fused AdamW, fp32), tokens/s", lib_r, ""),
+        (f"library SFT step (bucketed, answer-only LM head, fused AdamW, {fast}), tokens/s", lib_r, ""),
         ("plain fp32 loop (full LM head, AdamW defaults), same batches, tokens/s", plain_r, ""),
         ("speed-up, library / plain fp32", lib_r / plain_r, "target >= 1.5"),
-        ("library step under bf16 autocast, tokens/s", bf_r, ""),
+        (f"library step in {other} instead, tokens/s", bf_r, ""),
         ("training GFLOP per token (LoRA, answer-only head)", flops / 1e9, ""),
         ("matmul rate fp32, GFLOP/s", mm32_r / 1e9, ""),
         ("matmul rate bf16, GFLOP/s", mm16_r / 1e9, ""),
