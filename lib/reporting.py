@@ -36,3 +36,9 @@ def mean_std(mean: float, std: float, n: int, digits: int = 1) -> str:
     if n > 1 and not pd.isna(std):
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
     return f"{mean:.{digits}f}"
+
+
+def bench_view(df: pd.DataFrame):
+    """A bench table for the page: measure, value (2 decimals; "not measured" where empty), target."""
+    view = df[["measure", "value", "target"]].assign(target=df["target"].fillna("")).set_index("measure")
+    return view.style.format({"value": "{:.2f}"}, na_rep="not measured")

@@ -19,3 +19,13 @@ def test_metrics_on_a_hand_made_prediction_set():
 def test_asr_needs_non_target_samples():
     with pytest.raises(ValueError, match="non-target"):
         attack_success_rate([0, 0], [0, 0], target=0)
+
+
+def test_a_bench_table_shows_an_unmeasured_value_instead_of_failing():
+    import pandas as pd
+
+    from moebackdoor.reporting import bench_view
+
+    df = pd.DataFrame({"measure": ["rate", "cost"], "value": [1.234, float("nan")], "target": [None, "goal <= 1"]})
+    html = bench_view(df).to_html()
+    assert "1.23" in html and "not measured" in html and "goal <= 1" in html
