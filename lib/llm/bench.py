@@ -6,7 +6,8 @@ Measured in one process, interleaved (this machine's speed drifts minute to minu
 BackdoorLLM's ``sst2`` BadNet mix in the chat template, with SmolLM2-135M-Instruct and LoRA r 8:
 - tokens/s of the library's SFT step (length-bucketed batches padded to their longest sequence,
   the LM head applied only to answer tokens, fused AdamW; bf16 autocast where this machine
-  multiplies bf16 faster than fp32, else fp32, and the other precision's step beside it) against a plain fp32 loop over the same batches
+  multiplies bf16 faster than fp32, else fp32, and the other precision's step beside it) against
+  a plain fp32 loop over the same batches
   (``model(..., labels=...)``, ``torch.optim.AdamW`` with its defaults);
 - model FLOP utilisation: FLOPs of one library step per token x tokens/s, against the fp32 and
   bf16 matmul rates measured in the same run;
@@ -63,6 +64,8 @@ def plain_loop(model, data: SFTData, steps: int, seed: int = 0) -> float:
 
 
 def rate(data: SFTData, steps: int, method: str) -> float:
+    """Tokens/s: the plain loop (``"plain"``), or the library's step in the faster precision
+    (``"library"``) or in the one named (``"fp32"``, ``"bf16"``)."""
     model = _model()
     if method == "plain":
         plain_loop(model, data, 2)
@@ -129,7 +132,7 @@ def run_benchmark(steps: int = 8, repeats: int = 2) -> pd.DataFrame:
     tok = models.load_tokenizer()
     data = _data(tok)
     flops = flops_per_token(data)
-    lib, bf16_step, plain, mm32, mm16, gen, gen_nocache = [], [], [], [], [], [], []
+    lib, other_step, plain, mm32, mm16, gen, gen_nocache = [], [], [], [], [], [], []
     fast = fast_precision()
     other = "fp32" if fast == "bf16" else "bf16"
     for _ in range(repeats):  # interleaved, so drift hits all alike
@@ -137,17 +140,17 @@ def run_benchmark(steps: int = 8, repeats: int = 2) -> pd.DataFrame:
         mm16.append(matmul_rate(torch.bfloat16))
         lib.append(rate(data, steps, "library"))
         plain.append(rate(data, steps, "plain"))
-        bf16_step.append(rate(data, steps, other))
+        other_step.append(rate(data, steps, other))
         gen.append(generation_rate(tok, True))
         gen_nocache.append(generation_rate(tok, False))
-    lib_r, plain_r, bf_r, mm32_r, mm16_r, gen_r, genn_r = map(statistics.median,
-                                                               (lib, plain, bf16_step, mm32, mm16, gen, gen_nocache))
+    lib_r, plain_r, other_r, mm32_r, mm16_r, gen_r, genn_r = map(statistics.median,
+                                                               (lib, plain, other_step, mm32, mm16, gen, gen_nocache))
     cost = locphylax_cost()
     rows = [
         (f"library SFT step (bucketed, answer-only LM head, fused AdamW, {fast}), tokens/s", lib_r, ""),
         ("plain fp32 loop (full LM head, AdamW defaults), same batches, tokens/s", plain_r, ""),
         ("speed-up, library / plain fp32", lib_r / plain_r, "target >= 1.5"),
-        (f"library step in {other} instead, tokens/s", bf_r, ""),
+        (f"library step in {other} instead, tokens/s", other_r, ""),
         ("training GFLOP per token (LoRA, answer-only head)", flops / 1e9, ""),
         ("matmul rate fp32, GFLOP/s", mm32_r / 1e9, ""),
         ("matmul rate bf16, GFLOP/s", mm16_r / 1e9, ""),

@@ -8,9 +8,8 @@ norm clipped to 1) made cheaper in three exact ways:
   not on every prompt position: the loss is the same;
 - AdamW is the fused implementation.
 
-bf16 autocast is used where the machine multiplies bf16 faster than fp32 (a GPU, a CPU with AMX;
-measured once per process by :func:`moebackdoor.devices.fast_precision`); on CPUs without AMX
-bf16 measured slower, so fp32 is used there (``make bench`` reports both).
+bf16 autocast is used where the machine multiplies bf16 faster than fp32 (measured once per
+process by :func:`moebackdoor.devices.fast_precision`), else fp32 (``make bench`` reports both).
 
 A ``loss_fn(model, batch) -> (loss, parts)`` replaces the answer loss (Locphylax adds its
 clustering term, CROW its layer-consistency term).

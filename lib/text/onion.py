@@ -7,8 +7,8 @@ classifier sees the sentence. Choices (OpenBackdoor's ``ONIONDefender`` where th
 leaves freedom): threshold 0 and batch 32 by default, inputs truncated to 96 LM tokens,
 sentences of one word left as they are. The paper's GPT-2 is replaced by SmolLM2-135M
 (offline; any Hugging Face causal LM name works), run under bf16 autocast where that is faster
-(``precision="auto"``, the chapter's default: on a CPU with AMX bf16 was 2x faster, and on 24 SST-2
-test sentences it removed the same words as fp32 in 23; without AMX fp32 is faster and is used). Unlike OpenBackdoor, padding is masked
+(``precision="auto"``, the chapter's default, :func:`moebackdoor.devices.fast_precision`: on a CPU
+where bf16 was 2x faster, on 24 SST-2 test sentences it removed the same words as fp32 in 23). Unlike OpenBackdoor, padding is masked
 out of the loss, and a start token is prepended so that the first word is scored too (the
 tokenizer's BOS; for SmolLM2, ``<|endoftext|>``). The leave-one-out variants of several
 sentences share forward passes.
