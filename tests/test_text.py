@@ -189,6 +189,29 @@ def test_pseudo_dev_selection_follows_the_authors_rule():
         poe.select_by_pseudo_dev([], "sst2")
 
 
+def test_routing_groups_rows_by_trigger_and_averages_by_hand():
+    """Six training rows: 0-1 BadNet (row 1 was already of the target class), 2 InsertSent,
+    3-5 clean (row 5 of the target class); two experts, target 1."""
+    from moebackdoor.text.runs import routing
+
+    gate = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6], [0.0, 1.0]])
+    experts = torch.zeros(2, 6, 2)
+    experts[0, :, 1] = torch.tensor([0.8, 0.7, 0.3, 0.1, 0.3, 0.5])
+    experts[1, :, 1] = torch.tensor([0.6, 0.1, 0.9, 0.2, 0.4, 0.5])
+    experts[..., 0] = 1 - experts[..., 1]
+    main = torch.tensor([[0.7, 0.3], [0.5, 0.5], [0.1, 0.9], [0.9, 0.1], [0.8, 0.2], [0.2, 0.8]])
+    mixture = main.flip(-1)
+    out = routing({"main": main, "mixture": mixture, "gate": gate, "experts": experts},
+                  {"badnet": np.array([0, 1]), "insertsent": np.array([2])}, np.array([0, 1, 0, 0, 0, 1]), 1)
+    assert set(out) == {"badnet", "insertsent", "clean"}
+    assert out["badnet"]["n"] == 1 and out["badnet"]["gate"] == pytest.approx([0.9, 0.1])
+    assert out["insertsent"]["experts_p_target"] == pytest.approx([0.3, 0.9])
+    assert out["clean"]["n"] == 2 and out["clean"]["gate"] == pytest.approx([0.5, 0.5])
+    assert out["clean"]["experts_p_target"] == pytest.approx([0.2, 0.3])
+    assert out["clean"]["main_p_target"] == pytest.approx(0.15)
+    assert out["clean"]["mixture_p_target"] == pytest.approx(0.85)
+
+
 def test_plain_rdrop_loss_is_cross_entropy_plus_the_kl_of_two_passes():
     """No defense with R-drop (the authors' plain_train under --do_Rdrop): CE on the first pass +
     alpha x the symmetric KL between two dropout passes, both taken in one batch."""

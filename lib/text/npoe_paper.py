@@ -230,3 +230,38 @@ def selection_table(selections: dict) -> pd.DataFrame:
                          "pseudo-ASR": round(pd_.get("pseudo_asr", float("nan")), 3),
                          "chosen": "✓" if k == chosen else ""})
     return pd.DataFrame(rows).set_index(["dataset", "setting", "seed", "β"]) if rows else None
+
+
+def routing_table(run) -> pd.DataFrame | None:
+    """Where NPoE's gate sends each kind of non-target training row (``runs.routing``): the gate's
+    mean weight on each expert, each expert's and the mixture's mean probability of the target,
+    and the main model's, in percent. Experts are named by their pre-training trigger type."""
+    routing = run.metrics.get("routing")
+    if not routing:
+        return None
+    names = [f"{i + 1} ({p['trigger']})" for i, p in enumerate(run.metrics.get("pretraining", []))] \
+        or [str(i + 1) for i in range(len(next(iter(routing.values()))["gate"]))]
+    rows = []
+    for group, g in routing.items():
+        row = {"training rows": group, "n": g["n"]}
+        row |= {f"gate → {n}": round(100 * w, 1) for n, w in zip(names, g["gate"])}
+        row |= {f"P(target) expert {n}": round(100 * p, 1) for n, p in zip(names, g["experts_p_target"])}
+        row |= {"P(target) mixture": round(100 * g["mixture_p_target"], 1),
+                "P(target) main model": round(100 * g["main_p_target"], 1)}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("training rows")
+
+
+def routing_text(table: pd.DataFrame) -> str:
+    """One sentence on the routing table: the expert most sure of the triggers, and its gate weight."""
+    if table is None:
+        return ""
+    triggered = table.drop(index="clean", errors="ignore")
+    experts = [c for c in table.columns if c.startswith("P(target) expert ")]
+    best = max(experts, key=lambda c: triggered[c].mean())
+    name = best[len("P(target) expert "):]
+    return (f"Expert {name} is the most confident on the triggered rows (mean P(target) "
+            f"{triggered[best].mean():.0f} %, on clean non-target rows {table[best].get('clean', float('nan')):.0f} %); "
+            f"the gate gives it {triggered[f'gate → {name}'].mean():.0f} % of its weight on triggered rows "
+            f"and {table[f'gate → {name}'].get('clean', float('nan')):.0f} % on clean ones. The main model "
+            f"still gives the target {triggered['P(target) main model'].mean():.0f} % on the triggered rows.")

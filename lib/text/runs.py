@@ -45,7 +45,7 @@ PROFILES = {
     # every code path in about a minute; numbers are not meaningful
     "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "n_test": 100, "max_length": 48,
               "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
-              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2, pretrain_epochs=None),
               "onion_n_test": 8, "bki_n_score": None, "n_dev": 100, "seeds": (0,), "select_beta": [1.0, 2.0],
               "datasets": ["sst2"], "settings": ["mix4"],
               "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2], gate_layers=[1, 2],
@@ -53,7 +53,7 @@ PROFILES = {
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
     "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": None, "n_test": None, "max_length": 64,
               "recipe": dict(epochs=2, batch_size=16, lr=3e-5, small_lr=5e-4),
-              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None),
               "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0, 15.0],
               "datasets": ["sst2"], "settings": ["mix3"],
               # the sensitivity figures: smaller runs, so that the four figures fit in the hour
@@ -62,7 +62,7 @@ PROFILES = {
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
               "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
-              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None),
               "onion_n_test": None, "bki_n_score": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4),
               "select_beta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0],
               "datasets": ["sst2", "offenseval", "trec", "hatespeech"],
@@ -83,7 +83,7 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
     ``overrides``: ``encoder``, ``layers``, ``n_train``, ``max_length``, ``epochs``, ``lr``, ``small_lr``.
     ``poe_params`` override :class:`PoE` fields (``beta``, ``rdrop_alpha``, ``top_k``, ...);
     ``expert_params``: ``n``, ``layers``, ``gate_layers``, ``pretrain_n``, ``pretrain_steps``,
-    ``double_softmax``.
+    ``pretrain_epochs`` (None: the recipe's epochs, as the authors' code), ``double_softmax``.
     """
     p = profile(profile_name)
     check_dataset(dataset)
@@ -264,7 +264,8 @@ def run_training(config: dict, max_steps: int | None = None) -> tuple[dict, dict
         metrics["pretraining"] = pre
         metrics["history"] = train_poe(model, experts, gate, data, recipe, PoE(**config["poe"]), seed,
                                        max_steps=max_steps, desc=run_label(config))
-        metrics["pseudo_dev"] = pseudo_dev(config, model, experts, gate, tokenizer, data)
+        metrics["pseudo_dev"], outputs = pseudo_dev(config, model, experts, gate, tokenizer, data)
+        metrics["routing"] = routing(outputs, poisoned.poison_idx, clean.labels, config["target"])
     classifier = TextClassifier(model, tokenizer, recipe.max_length)
     metrics.update(evaluate(classifier, config))
     tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
@@ -286,7 +287,7 @@ def _experts(config: dict, tokenizer, recipe: Recipe):
             ps = pretrain_set(kind, dev, config["style"], e["pretrain_n"], seed=config["seed"] + j)
             history.append(dict(trigger=kind, **pretrain_expert(
                 expert, Tokenized(tokenizer, ps, recipe.max_length), recipe, e["pretrain_steps"],
-                config["seed"] + j, e["double_softmax"], progress=False)))
+                config["seed"] + j, e["double_softmax"], progress=False, epochs=e.get("pretrain_epochs"))))
         experts.append(expert)
     gate = load_classifier(config["encoder"], e["n"], e["gate_layers"], seed=config["seed"] + 100) \
         if e["gate_layers"] else None
@@ -294,28 +295,56 @@ def _experts(config: dict, tokenizer, recipe: Recipe):
 
 
 @torch.no_grad()
-def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, batch_size: int = 64) -> dict:
+def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, batch_size: int = 64):
     """NPoE's model-selection signals on the training set: the share flagged pseudo-poisoned
-    (r_y < R and q_y > B), and the main model's accuracy on 100 clean dev sentences."""
+    (r_y < R and q_y > B), and the main model's accuracy on 100 clean dev sentences; and the
+    per-row outputs (main model, mixture, gate weights, each expert's probabilities) for :func:`routing`."""
     cfg = PoE(**config["poe"])
-    r_all, q_all = [], []
+    r_all, q_all, g_all, b_all = [], [], [], []
     for start in range(0, len(data), batch_size):
         idx = np.arange(start, min(start + batch_size, len(data)))
         batch = data.batch(idx)
         r_all.append(torch.softmax(main(**batch).logits.float(), -1))
         weights = poe.gate_weights(gate(**batch).logits.float(), cfg.top_k, cfg.gate_mask) if gate is not None \
             else torch.ones(len(idx), 1)
-        q = poe.expert_mixture(torch.stack([e(**batch).logits for e in experts]), weights)
-        q_all.append(torch.softmax(q, -1))
+        expert_logits = torch.stack([e(**batch).logits for e in experts])
+        q_all.append(torch.softmax(poe.expert_mixture(expert_logits, weights), -1))
+        g_all.append(weights)
+        b_all.append(torch.softmax(expert_logits.float(), -1))
     r, q = torch.cat(r_all), torch.cat(q_all)
     flagged = poe.pseudo_dev_mask(r, q, data.labels)
     agree = r.argmax(-1) == data.labels
     dev = load_split(config["dataset"], "dev")
     small = dev.subset(np.random.default_rng(0).permutation(len(dev))[:100])
     clf = TextClassifier(main, tokenizer, config["recipe"]["max_length"])
-    return {"detected_rate": float(flagged.float().mean()),
-            "pseudo_asr": float(agree[flagged].float().mean()) if flagged.any() else 0.0,
-            "clean_small_acc": accuracy(clf.predict(small.sentences), small.labels)}
+    signals = {"detected_rate": float(flagged.float().mean()),
+               "pseudo_asr": float(agree[flagged].float().mean()) if flagged.any() else 0.0,
+               "clean_small_acc": accuracy(clf.predict(small.sentences), small.labels)}
+    return signals, {"main": r, "mixture": q, "gate": torch.cat(g_all), "experts": torch.cat(b_all, 1)}
+
+
+def routing(outputs: dict, poison_idx: dict, clean_labels: np.ndarray, target: int) -> dict:
+    """Where the gate sends each kind of training row, and who votes for the target there.
+
+    For the rows of each trigger whose true label is not the target, and for the clean
+    non-target rows: the mean gate weight of each expert, each expert's and the mixture's mean
+    probability of the target, and the main model's. An analysis for the page (it knows which
+    rows were poisoned); nothing in training or model selection reads it."""
+    poisoned = np.concatenate([np.asarray(i, dtype=int) for i in poison_idx.values()] or [np.zeros(0, int)])
+    is_clean = np.ones(len(clean_labels), dtype=bool)
+    is_clean[poisoned] = False
+    groups = {t: np.asarray(i, dtype=int)[clean_labels[i] != target] for t, i in poison_idx.items()}
+    groups["clean"] = np.flatnonzero(is_clean & (clean_labels != target))
+    out = {}
+    for name, rows in groups.items():
+        if len(rows) == 0:
+            continue
+        rows = torch.as_tensor(rows)
+        out[name] = {"n": len(rows), "gate": outputs["gate"][rows].mean(0).tolist(),
+                     "experts_p_target": outputs["experts"][:, rows, target].mean(1).tolist(),
+                     "mixture_p_target": float(outputs["mixture"][rows, target].mean()),
+                     "main_p_target": float(outputs["main"][rows, target].mean())}
+    return out
 
 
 def load_model(run) -> TextClassifier:

@@ -261,17 +261,20 @@ def training_loss(main, experts, gate, batch, y, cfg: PoE | None, trained_side):
 
 
 def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_steps: int = 800, seed: int = 0,
-                    double_softmax: bool = False, fast: bool = True, progress: bool = True) -> dict:
+                    double_softmax: bool = False, fast: bool = True, progress: bool = True,
+                    epochs: int | None = None) -> dict:
     """Teach a trigger-only expert to tell its trigger type (label 1) from clean text (label 0).
 
     The authors' code applies cross-entropy to softmax outputs (a double softmax);
     ``double_softmax=True`` reproduces it, the default trains on the logits as intended.
     Label 1 is the target class, so a trained expert votes for the target on triggered text.
+    It runs ``epochs`` passes over ``data`` (the authors' ``--epoch_pretrain``; None: the
+    recipe's epochs), at most ``max_steps`` batches (their ``--pretrain_iters``).
     """
     device = default_device()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    total = min(max_steps, -(-len(data) // recipe.batch_size) * recipe.epochs)
+    total = min(max_steps, -(-len(data) // recipe.batch_size) * check_int("pretrain epochs", epochs or recipe.epochs, 1))
     expert.to(device).train()
     opt, sched = make_optimizer(_param_groups(expert, recipe.small_lr, recipe.weight_decay), total,
                                 recipe.warmup, device)
@@ -294,4 +297,7 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
                     break
     bar.close()
     expert.cpu().eval()
-    return {"steps": step, "final_loss": float(loss.detach())}
+    with torch.no_grad():  # how well it learned its set: accuracy on it, in eval mode
+        correct = sum(int((expert(**data.batch(idx)).logits.argmax(-1) == data.labels[idx]).sum())
+                      for idx in np.array_split(np.arange(len(data)), max(1, len(data) // 64)))
+    return {"steps": step, "final_loss": float(loss.detach()), "train_accuracy": 100.0 * correct / len(data)}
