@@ -264,4 +264,4 @@ def routing_text(table: pd.DataFrame) -> str:
             f"{triggered[best].mean():.0f} %, on clean non-target rows {table[best].get('clean', float('nan')):.0f} %); "
             f"the gate gives it {triggered[f'gate → {name}'].mean():.0f} % of its weight on triggered rows "
             f"and {table[f'gate → {name}'].get('clean', float('nan')):.0f} % on clean ones. The main model "
-            f"still gives the target {triggered['P(target) main model'].mean():.0f} % on the triggered rows.")
+            f"gives the target {triggered['P(target) main model'].mean():.0f} % on the triggered rows.")

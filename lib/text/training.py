@@ -274,7 +274,7 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
     device = default_device()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    total = min(max_steps, -(-len(data) // recipe.batch_size) * check_int("pretrain epochs", epochs or recipe.epochs, 1))
+    total = min(max_steps, -(-len(data) // recipe.batch_size) * check_int("pretrain epochs", recipe.epochs if epochs is None else epochs, 1))
     expert.to(device).train()
     opt, sched = make_optimizer(_param_groups(expert, recipe.small_lr, recipe.weight_decay), total,
                                 recipe.warmup, device)
