@@ -233,3 +233,32 @@ def test_plain_rdrop_loss_is_cross_entropy_plus_the_kl_of_two_passes():
     assert not torch.allclose(r1, r2)  # dropout made the passes differ
     expected = torch.nn.functional.cross_entropy(r1, y) + 2.0 * poe.symmetric_kl(r1, r2)
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_hidden_gate_routes_on_the_main_models_cls_state_without_training_it():
+    """The authors' --gate_on_hidden: the PoE loss with gate weights softmax(W h_cls + b), h_cls the
+    main model's last [CLS] state; the gate's gradient does not reach the main model."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from moebackdoor.text.models import HiddenGate
+    from moebackdoor.text.training import PoE, training_loss
+
+    cfg = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    main, experts = BertForSequenceClassification(cfg), [BertForSequenceClassification(cfg) for _ in range(2)]
+    gate = HiddenGate(8, 2, seed=1)
+    batch = {"input_ids": torch.tensor([[1, 5, 5, 7], [2, 3, 9, 0]]), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    y = torch.tensor([0, 1])
+    got = training_loss(main, experts, gate, batch, y, PoE(beta=2.0, rdrop_alpha=0.0), experts + [gate])
+    out = main(**batch, output_hidden_states=True)
+    weights = torch.softmax(gate.linear(out.hidden_states[-1][:, 0]), -1)
+    expected = poe.poe_loss(out.logits, torch.stack([e(**batch).logits for e in experts]), weights, y, 2.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # the gate's own loss term reaches the gate, not the main model
+    main.zero_grad()
+    gate.zero_grad()
+    h = main(**batch, output_hidden_states=True).hidden_states[-1][:, 0]
+    gate(h).sum().backward()
+    assert gate.linear.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in main.parameters())

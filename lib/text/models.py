@@ -3,7 +3,8 @@
 The victim is ``AutoModelForSequenceClassification`` on an encoder (default the offline
 MiniLM-L6; the paper's ``bert-base-uncased`` for users online). A trigger-only expert is the
 same encoder cut to its first ``num_hidden_layers`` layers, as the authors build it
-(``from_pretrained(name, num_hidden_layers=L)``); the gate is one with ``num_labels = k``.
+(``from_pretrained(name, num_hidden_layers=L)``); the gate is one with ``num_labels = k``, or
+(the authors' ``--gate_on_hidden``) a linear layer on the main model's [CLS] state, :class:`HiddenGate`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import pretrained
+from ..devices import fast_precision
 
 DEFAULT_ENCODER = pretrained.MINILM
 MAX_LENGTH = 256  # the authors' tokenizer max_length
@@ -46,6 +48,20 @@ def load_classifier(name: str = DEFAULT_ENCODER, num_labels: int = 2, num_hidden
         logging.set_verbosity(verbosity)
 
 
+class HiddenGate(nn.Module):
+    """The authors' ``--gate_on_hidden`` gate: Linear(hidden -> k) on the main model's last [CLS] state.
+
+    It reads the state detached: routing does not train the main model."""
+
+    def __init__(self, hidden_size: int, n_experts: int, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.linear = nn.Linear(hidden_size, n_experts)
+
+    def forward(self, cls_state: torch.Tensor) -> torch.Tensor:
+        return self.linear(cls_state.detach())
+
+
 def encode(tokenizer, sentences: list[str], max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
     """Tokenize a batch, padded to its own longest sentence (dynamic padding)."""
     return tokenizer(list(sentences), padding=True, truncation=True, max_length=max_length,
@@ -60,6 +76,11 @@ class TextClassifier:
         self.max_length, self.batch_size = max_length, batch_size
 
     @property
+    def bf16(self) -> bool:
+        """Inference in bf16 autocast where the machine's fast precision is bf16 (as training)."""
+        return fast_precision(self.device) == "bf16"
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -72,7 +93,7 @@ class TextClassifier:
         for start in range(0, len(sentences), self.batch_size):
             idx = order[start:start + self.batch_size]
             batch = encode(self.tokenizer, [sentences[i] for i in idx], self.max_length).to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 out[torch.as_tensor(idx)] = self.model(**batch).logits.float().cpu()
         return out
 

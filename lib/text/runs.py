@@ -26,9 +26,9 @@ from ..params import ParameterError, check_choice, check_int, check_optional_int
 from ..runcache import RunCache
 from . import poe
 from .data import SIZES, TextSet, check_dataset, check_style, load_split, n_classes
-from .models import DEFAULT_ENCODER, TextClassifier, load_classifier, load_tokenizer
+from .models import DEFAULT_ENCODER, HiddenGate, TextClassifier, load_classifier, load_tokenizer
 from .poisoning import SETTINGS, check_setting, poison_training_set, pretrain_set, setting_rates, triggered_test_set
-from .training import PoE, Recipe, Tokenized, pretrain_expert, train_classifier, train_poe
+from .training import PoE, Recipe, Tokenized, autocast, gate_logits, pretrain_expert, train_classifier, train_poe
 
 SCHEMA = 1  # bump when a change to the code invalidates cached runs
 TRAINED = ("no_defense", "benign", "dpoe", "npoe")
@@ -40,12 +40,15 @@ DEFENSE_PARAMS = {"onion": {"threshold": 0.0, "precision": "auto"}, "bki": {"top
                   "rap": {"rap_word": "cf", "epochs": 5, "lr": 1e-2, "prob_range": [-0.1, -0.3], "frr": 0.01}}
 # the authors' expert pre-training order: expert b gets set b mod 4
 EXPERT_ORDER = ("insertsent", "syntactic", "badnet", "style")
+# what NPoE's gate reads: the text (its own shallow encoder, the paper) or the main model's
+# [CLS] state (the authors' --gate_on_hidden)
+GATE_INPUTS = ("text", "hidden")
 
 PROFILES = {
     # every code path in about a minute; numbers are not meaningful
     "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "n_test": 100, "max_length": 48,
               "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
-              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2, pretrain_epochs=None),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2, pretrain_epochs=None, gate_on="text"),
               "onion_n_test": 8, "bki_n_score": None, "n_dev": 100, "seeds": (0,), "select_beta": [1.0, 2.0],
               "datasets": ["sst2"], "settings": ["mix4"],
               "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2], gate_layers=[1, 2],
@@ -53,8 +56,8 @@ PROFILES = {
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
     "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": None, "n_test": None, "max_length": 64,
               "recipe": dict(epochs=2, batch_size=16, lr=3e-5, small_lr=5e-4),
-              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None),
-              "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0, 15.0],
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text"),
+              "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0],
               "datasets": ["sst2"], "settings": ["mix3"],
               # the sensitivity figures: smaller runs, so that the four figures fit in the hour
               "figures": dict(n_train=1500, epochs=2, expert_layers=[1, 3], gate_layers=[1, 3],
@@ -62,7 +65,7 @@ PROFILES = {
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
               "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
-              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text"),
               "onion_n_test": None, "bki_n_score": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4),
               "select_beta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0],
               "datasets": ["sst2", "offenseval", "trec", "hatespeech"],
@@ -83,7 +86,8 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
     ``overrides``: ``encoder``, ``layers``, ``n_train``, ``max_length``, ``epochs``, ``lr``, ``small_lr``.
     ``poe_params`` override :class:`PoE` fields (``beta``, ``rdrop_alpha``, ``top_k``, ...);
     ``expert_params``: ``n``, ``layers``, ``gate_layers``, ``pretrain_n``, ``pretrain_steps``,
-    ``pretrain_epochs`` (None: the recipe's epochs, as the authors' code), ``double_softmax``.
+    ``pretrain_epochs`` (None: the recipe's epochs, as the authors' code), ``double_softmax``,
+    ``gate_on`` (``"text"``, or ``"hidden"``: a linear gate on the main model's [CLS] state).
     """
     p = profile(profile_name)
     check_dataset(dataset)
@@ -116,6 +120,7 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
             experts.update(n=1, pretrain_steps=0, gate_layers=0)
         check_int("experts", experts["n"], 1)
         check_int("expert layers", experts["layers"], 1)
+        check_choice("gate_on", experts["gate_on"], GATE_INPUTS)
         config["experts"] = experts
         config["poe"] = PoE(**(poe_params or {})).as_dict()
     if method in DEFENSES:
@@ -289,8 +294,11 @@ def _experts(config: dict, tokenizer, recipe: Recipe):
                 expert, Tokenized(tokenizer, ps, recipe.max_length), recipe, e["pretrain_steps"],
                 config["seed"] + j, e["double_softmax"], progress=False, epochs=e.get("pretrain_epochs"))))
         experts.append(expert)
-    gate = load_classifier(config["encoder"], e["n"], e["gate_layers"], seed=config["seed"] + 100) \
-        if e["gate_layers"] else None
+    gate = None
+    if e["gate_layers"] and e.get("gate_on", "text") == "hidden":
+        gate = HiddenGate(experts[0].config.hidden_size, e["n"], seed=config["seed"] + 100)
+    elif e["gate_layers"]:
+        gate = load_classifier(config["encoder"], e["n"], e["gate_layers"], seed=config["seed"] + 100)
     return experts, gate, history
 
 
@@ -301,17 +309,21 @@ def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, ba
     per-row outputs (main model, mixture, gate weights, each expert's probabilities) for :func:`routing`."""
     cfg = PoE(**config["poe"])
     r_all, q_all, g_all, b_all = [], [], [], []
+    order = np.argsort(data.lengths, kind="stable")  # similar lengths together: less padding
     for start in range(0, len(data), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(data)))
+        idx = order[start:start + batch_size]
         batch = data.batch(idx)
-        r_all.append(torch.softmax(main(**batch).logits.float(), -1))
-        weights = poe.gate_weights(gate(**batch).logits.float(), cfg.top_k, cfg.gate_mask) if gate is not None \
-            else torch.ones(len(idx), 1)
-        expert_logits = torch.stack([e(**batch).logits for e in experts])
+        with autocast(True, torch.device("cpu")):  # the training precision
+            out = main(**batch, output_hidden_states=isinstance(gate, HiddenGate))
+            weights = poe.gate_weights(gate_logits(gate, batch, out, len(idx)), cfg.top_k, cfg.gate_mask) \
+                if gate is not None else torch.ones(len(idx), 1)
+            expert_logits = torch.stack([e(**batch).logits for e in experts]).float()
+        r_all.append(torch.softmax(out.logits.float(), -1))
         q_all.append(torch.softmax(poe.expert_mixture(expert_logits, weights), -1))
         g_all.append(weights)
         b_all.append(torch.softmax(expert_logits.float(), -1))
-    r, q = torch.cat(r_all), torch.cat(q_all)
+    back = torch.as_tensor(np.argsort(order))  # rows back in the data's order
+    r, q = torch.cat(r_all)[back], torch.cat(q_all)[back]
     flagged = poe.pseudo_dev_mask(r, q, data.labels)
     agree = r.argmax(-1) == data.labels
     dev = load_split(config["dataset"], "dev")
@@ -320,7 +332,7 @@ def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, ba
     signals = {"detected_rate": float(flagged.float().mean()),
                "pseudo_asr": float(agree[flagged].float().mean()) if flagged.any() else 0.0,
                "clean_small_acc": accuracy(clf.predict(small.sentences), small.labels)}
-    return signals, {"main": r, "mixture": q, "gate": torch.cat(g_all), "experts": torch.cat(b_all, 1)}
+    return signals, {"main": r, "mixture": q, "gate": torch.cat(g_all)[back], "experts": torch.cat(b_all, 1)[:, back]}
 
 
 def routing(outputs: dict, poison_idx: dict, clean_labels: np.ndarray, target: int) -> dict:

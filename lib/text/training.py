@@ -26,7 +26,7 @@ from ..params import check_int
 from ..progress import Bar
 from . import poe
 from .data import TextSet
-from .models import MAX_LENGTH
+from .models import MAX_LENGTH, HiddenGate
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def sparse_embedding_grads(models: list[nn.Module], enabled: bool = True):
     sees the same dense gradient as before (AdamW still updates every row)."""
     handles, embeddings = [], []
     for model in models if enabled else []:
-        emb = model.get_input_embeddings()
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         if not isinstance(emb, nn.Embedding) or emb.sparse:
             continue
         state = {}
@@ -238,11 +238,13 @@ def training_loss(main, experts, gate, batch, y, cfg: PoE | None, trained_side):
     forward pass is gradient-free unless one of them is in ``trained_side``."""
     if cfg is None:
         return F.cross_entropy(main(**batch).logits.float(), y)
+    on_hidden = isinstance(gate, HiddenGate)
     if cfg.rdrop_alpha:  # two dropout passes of the main model in one batch
-        both = main(**{k: torch.cat([v, v]) for k, v in batch.items()}).logits
-        r1, r2 = both.chunk(2)
+        out = main(**{k: torch.cat([v, v]) for k, v in batch.items()}, output_hidden_states=on_hidden)
+        r1, r2 = out.logits.chunk(2)
     else:
-        r1, r2 = main(**batch).logits, None
+        out = main(**batch, output_hidden_states=on_hidden)
+        r1, r2 = out.logits, None
     if not experts:  # plain training with R-drop (the authors' plain_train)
         return F.cross_entropy(r1.float(), y) + cfg.rdrop_alpha * poe.symmetric_kl(r1, r2)
     with contextlib.ExitStack() as stack:
@@ -252,12 +254,20 @@ def training_loss(main, experts, gate, batch, y, cfg: PoE | None, trained_side):
     if gate is None:
         weights = torch.ones(len(y), 1, device=y.device)
     else:
-        weights = poe.gate_weights(gate(**batch).logits.float(), cfg.top_k, cfg.gate_mask)
+        weights = poe.gate_weights(gate_logits(gate, batch, out, len(y)), cfg.top_k, cfg.gate_mask)
     sample_weights = poe.dpoe_weights(expert_logits[0], y, cfg.reweight) if cfg.reweight else None
     loss = poe.poe_loss(r1, expert_logits, weights, y, cfg.beta, sample_weights)
     if r2 is not None:
         loss = loss + cfg.rdrop_alpha * poe.symmetric_kl(r1, r2)
     return loss
+
+
+def gate_logits(gate, batch: dict, main_out, n: int) -> torch.Tensor:
+    """The gate's logits for the first ``n`` rows: from the text, or (:class:`HiddenGate`) from
+    the main model's last [CLS] state in ``main_out`` (run with ``output_hidden_states=True``)."""
+    if isinstance(gate, HiddenGate):
+        return gate(main_out.hidden_states[-1][:n, 0]).float()
+    return gate(**batch).logits.float()
 
 
 def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_steps: int = 800, seed: int = 0,
