@@ -56,7 +56,8 @@ PROFILES = {
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
     "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": None, "n_test": None, "max_length": 64,
               "recipe": dict(epochs=2, batch_size=16, lr=3e-5, small_lr=5e-4),
-              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text"),
+              # a two-layer gate: the authors' code default (their example script uses one)
+              "experts": dict(n=4, layers=1, gate_layers=2, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text"),
               "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0],
               "datasets": ["sst2"], "settings": ["mix3"],
               # the sensitivity figures: smaller runs, so that the four figures fit in the hour
