@@ -11,7 +11,8 @@ training sentences with the quick profile's encoder (MiniLM-L6) and batch size:
   sentence), and against that plain loop padded to the authors' ``max_length`` 256;
 - model FLOP utilisation: FLOPs per training sentence (counted at the data's mean length)
   x sentences/s, against the bf16 matmul rate measured in the same run;
-- NPoE's training throughput (4 one-layer experts, a one-layer gate, R-drop) relative to
+- NPoE's training throughput (4 one-layer experts, the quick profile's gate of two layers, R-drop;
+  also with the example script's one-layer gate) relative to
   No defense, both with the library's step: against No defense as the authors' ``plain_train``
   runs it under the same ``--do_Rdrop`` flag (their timing code sits in both loops, so the paper's
   7.27 against 14.28 it/s most likely compares R-drop with R-drop), and against No defense
@@ -33,18 +34,20 @@ from ..devices import fast_precision
 from .. import benchmarks
 from ..benchmarks import matmul_rate
 from .data import load_split
+from .runs import profile
 from .models import DEFAULT_ENCODER, MAX_LENGTH, load_classifier, load_tokenizer
 from .training import (PoE, Recipe, Tokenized, bucketed_batches, plain_batches, train_classifier, train_poe,
                        training_loss)
 
 BATCH = 16
+GATE_LAYERS = profile("quick")["experts"]["gate_layers"]  # the chapter's NPoE
 
 
 def _data(tokenizer, n: int, max_length: int) -> Tokenized:
     return Tokenized(tokenizer, load_split("sst2", "train").subset(np.arange(n)), max_length)
 
 
-def flops_per_sentence(tokenizer, data: Tokenized, npoe: bool = False) -> float:
+def flops_per_sentence(tokenizer, data: Tokenized, npoe: bool = False, gate_layers: int = GATE_LAYERS) -> float:
     """Training FLOPs (forward + backward) per sentence at the data's mean length: No defense's
     step, or NPoE's (R-drop's two passes of the main model, four one-layer experts, the gate)."""
     model = load_classifier(DEFAULT_ENCODER)
@@ -55,7 +58,7 @@ def flops_per_sentence(tokenizer, data: Tokenized, npoe: bool = False) -> float:
     with FlopCounterMode(display=False) as counter:
         if npoe:
             experts = [load_classifier(DEFAULT_ENCODER, num_hidden_layers=1, seed=j) for j in range(4)]
-            gate = load_classifier(DEFAULT_ENCODER, num_labels=4, num_hidden_layers=1)
+            gate = load_classifier(DEFAULT_ENCODER, num_labels=4, num_hidden_layers=gate_layers)
             training_loss(model, experts, gate, batch, y, PoE(), experts + [gate]).backward()
         else:
             torch.nn.functional.cross_entropy(model(**batch).logits, y).backward()
@@ -80,7 +83,8 @@ def plain_loop(model, data: Tokenized, steps: int, pad_to: int | None = None, se
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def rate(data: Tokenized, steps: int, method: str = "library", pad_to: int | None = None) -> float:
+def rate(data: Tokenized, steps: int, method: str = "library", pad_to: int | None = None,
+         gate_layers: int = GATE_LAYERS) -> float:
     """Sentences/s over ``steps`` steps, after 2 warm-up steps."""
     recipe = Recipe(epochs=10 ** 6, batch_size=BATCH)
     model = load_classifier(DEFAULT_ENCODER)
@@ -94,7 +98,7 @@ def rate(data: Tokenized, steps: int, method: str = "library", pad_to: int | Non
                                 rdrop_alpha=alpha)["sentences_per_second"]
     poe = PoE(train_experts=method == "npoe")  # "npoe_frozen": the authors' default, experts fixed after pre-training
     experts = [load_classifier(DEFAULT_ENCODER, num_hidden_layers=1, seed=j) for j in range(4)]
-    gate = load_classifier(DEFAULT_ENCODER, num_labels=4, num_hidden_layers=1)
+    gate = load_classifier(DEFAULT_ENCODER, num_labels=4, num_hidden_layers=gate_layers)
     train_poe(model, experts, gate, data, recipe, poe, progress=False, max_steps=2)
     return train_poe(model, experts, gate, data, recipe, poe, progress=False, max_steps=steps)["sentences_per_second"]
 
@@ -105,7 +109,8 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
     data256 = _data(tokenizer, n, MAX_LENGTH)
     flops = flops_per_sentence(tokenizer, data)
     npoe_flops = flops_per_sentence(tokenizer, data, npoe=True)
-    lib, plain, padded, npoe, frozen, bf16, rdrop, fp32 = [], [], [], [], [], [], [], []
+    npoe_flops1 = flops_per_sentence(tokenizer, data, npoe=True, gate_layers=1)
+    lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1 = [], [], [], [], [], [], [], [], []
     for _ in range(repeats):  # interleaved, so drift hits all alike
         bf16.append(matmul_rate(torch.bfloat16))
         fp32.append(matmul_rate(torch.float32))
@@ -115,8 +120,9 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
         rdrop.append(rate(data, steps, method="rdrop"))
         npoe.append(rate(data, steps, method="npoe"))
         frozen.append(rate(data, steps, method="npoe_frozen"))
-    lib_r, plain_r, padded_r, npoe_r, frozen_r, bf16_r, rdrop_r, fp32_r = map(
-        statistics.median, (lib, plain, padded, npoe, frozen, bf16, rdrop, fp32))
+        gate1.append(rate(data, steps, method="npoe", gate_layers=1))
+    lib_r, plain_r, padded_r, npoe_r, frozen_r, bf16_r, rdrop_r, fp32_r, gate1_r = map(
+        statistics.median, (lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1))
     rows = [
         (f"library step (bucketed, dynamic padding, {fast_precision()}), sentences/s", lib_r, ""),
         ("plain fp32 loop (AdamW defaults), same batches, sentences/s", plain_r, ""),
@@ -128,13 +134,16 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
         ("matmul rate fp32, GFLOP/s", fp32_r / 1e9, ""),
         ("model FLOP utilisation vs bf16 matmul, %", 100 * flops * lib_r / bf16_r, ""),
         ("model FLOP utilisation vs the faster matmul, %", 100 * flops * lib_r / max(bf16_r, fp32_r), ""),
-        ("NPoE (4 experts, gate, R-drop), sentences/s", npoe_r, ""),
+        (f"NPoE (4 experts, {GATE_LAYERS}-layer gate as the chapter, R-drop), sentences/s", npoe_r, ""),
         ("No defense with R-drop (the authors' plain_train under --do_Rdrop), sentences/s", rdrop_r, ""),
         ("NPoE / No defense with R-drop (as the authors time both)", npoe_r / rdrop_r, "target >= 0.7 (paper 0.51)"),
         ("NPoE / No defense without R-drop", npoe_r / lib_r, ""),
         ("NPoE training FLOPs / No defense's (the compute-bound ceiling is its inverse)", npoe_flops / flops, ""),
         ("NPoE, experts fixed after pre-training (the authors' default), sentences/s", frozen_r, ""),
         ("NPoE with fixed experts / No defense with R-drop", frozen_r / rdrop_r, ""),
+        ("NPoE with a one-layer gate (the example script), sentences/s", gate1_r, ""),
+        ("NPoE with a one-layer gate / No defense with R-drop", gate1_r / rdrop_r, ""),
+        ("NPoE (one-layer gate) training FLOPs / No defense's", npoe_flops1 / flops, ""),
     ]
     return pd.DataFrame(rows, columns=["measure", "value", "target"]).assign(
         encoder=DEFAULT_ENCODER, batch=BATCH, max_length=max_length, mean_tokens=float(data.lengths.mean()),
