@@ -88,7 +88,8 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
     ``poe_params`` override :class:`PoE` fields (``beta``, ``rdrop_alpha``, ``top_k``, ...);
     ``expert_params``: ``n``, ``layers``, ``gate_layers``, ``pretrain_n``, ``pretrain_steps``,
     ``pretrain_epochs`` (None: the recipe's epochs, as the authors' code), ``double_softmax``,
-    ``gate_on`` (``"text"``, or ``"hidden"``: a linear gate on the main model's [CLS] state).
+    ``gate_on`` (``"text"``, or ``"hidden"``: a linear gate on the main model's [CLS] state, where
+    ``gate_layers`` only says whether there is a gate, as 0 does for DPoE).
     """
     p = profile(profile_name)
     check_dataset(dataset)
