@@ -34,8 +34,8 @@ from ..devices import fast_precision
 from .. import benchmarks
 from ..benchmarks import matmul_rate
 from .data import load_split
-from .runs import profile
 from .models import DEFAULT_ENCODER, MAX_LENGTH, load_classifier, load_tokenizer
+from .runs import profile
 from .training import (PoE, Recipe, Tokenized, bucketed_batches, plain_batches, train_classifier, train_poe,
                        training_loss)
 

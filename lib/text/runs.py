@@ -297,10 +297,10 @@ def _experts(config: dict, tokenizer, recipe: Recipe):
                 config["seed"] + j, e["double_softmax"], progress=False, epochs=e.get("pretrain_epochs"))))
         experts.append(expert)
     gate = None
-    if e["gate_layers"] and e.get("gate_on", "text") == "hidden":
-        gate = HiddenGate(experts[0].config.hidden_size, e["n"], seed=config["seed"] + 100)
-    elif e["gate_layers"]:
-        gate = load_classifier(config["encoder"], e["n"], e["gate_layers"], seed=config["seed"] + 100)
+    if e["gate_layers"]:
+        gate = HiddenGate(experts[0].config.hidden_size, e["n"], seed=config["seed"] + 100) \
+            if e.get("gate_on", "text") == "hidden" \
+            else load_classifier(config["encoder"], e["n"], e["gate_layers"], seed=config["seed"] + 100)
     return experts, gate, history
 
 
@@ -323,7 +323,7 @@ def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, ba
         r_all.append(torch.softmax(out.logits.float(), -1))
         q_all.append(torch.softmax(poe.expert_mixture(expert_logits, weights), -1))
         g_all.append(weights)
-        b_all.append(torch.softmax(expert_logits.float(), -1))
+        b_all.append(torch.softmax(expert_logits, -1))
     back = torch.as_tensor(np.argsort(order))  # rows back in the data's order
     r, q = torch.cat(r_all)[back], torch.cat(q_all)[back]
     flagged = poe.pseudo_dev_mask(r, q, data.labels)
