@@ -27,14 +27,16 @@ def test_npoe_chapter_executes_at_smoke(companion_env):
 
 def test_figure_runs_vary_one_setting_each():
     table = runs.run_config("quick", "sst2", "mix3", "npoe")
-    beta = runs.figure_configs("quick", "npoe-fig-beta")  # the pseudo-dev selection sweep, at the table's scale
+    beta = runs.figure_configs("quick", "npoe-fig-beta")  # the pseudo-dev selection sweep, at its scale
     assert [c["poe"]["beta"] for c in beta] == [1.0, 4.0, 8.0] and beta == runs.selection_configs(table)
-    assert beta[0] == table
+    assert all(c["n_train"] == 1500 and c["recipe"]["epochs"] == 2 for c in beta)
+    assert beta[0] == table | {"n_train": 1500}  # quick trains 2 epochs anyway
     depth = runs.figure_configs("quick", "npoe-fig-expert-depth")
     assert all(c["n_train"] == 1500 and c["recipe"]["epochs"] == 2 for c in depth)  # the figure scale
     assert [c["experts"]["layers"] for c in depth] == [1, 3]
     gate = runs.figure_configs("quick", "npoe-fig-gate-layers")
-    assert [c["experts"]["gate_layers"] for c in gate] == [1, 3]
+    assert [c["experts"]["gate_layers"] for c in gate] == [1, 2]
+    assert depth[0] == gate[1] == beta[0]  # one run serves three figures
     rate = runs.figure_configs("quick", "npoe-fig-double-rate")
     assert [(c["method"], round(100 * sum(c["rates"].values()))) for c in rate] == \
         [("no_defense", 20), ("npoe", 20), ("no_defense", 40), ("npoe", 40)]
@@ -42,6 +44,25 @@ def test_figure_runs_vary_one_setting_each():
         runs.figure_configs("quick", "npoe-fig-9")
     with pytest.raises(ParameterError, match="parameter `beta`"):
         runs.figure_configs("quick", "npoe-fig-beta", values=[0])
+
+
+class _Run:
+    def __init__(self, config):
+        beta = config["poe"]["beta"]  # beta 4 is the most accurate candidate, none passes the cut-off
+        self.config, self.metrics = config, {"pseudo_dev": {"clean_small_acc": 80.0 - abs(beta - 4), "detected_rate": 0.1}}
+
+
+def test_beta_is_selected_at_the_selection_scale_and_the_choice_retrained_at_the_tables(monkeypatch):
+    trained = []
+    monkeypatch.setattr(runs, "results", lambda configs, **kw: trained.append(configs) or [_Run(c) for c in configs])
+    table = runs.run_config("quick", "sst2", "mix3", "npoe")
+    chosen, candidates, k = runs.select_npoe(table)
+    assert [c["n_train"] for c in trained[0]] == [1500] * 3 and k == 1
+    assert trained[1] == [runs.with_beta(table, 4.0)] and chosen.config == runs.with_beta(table, 4.0)
+    trained.clear()  # no selection scale (smoke, paper): the chosen candidate is the table's run
+    smoke = runs.run_config("smoke", "sst2", "mix4", "npoe")
+    chosen, candidates, k = runs.select_npoe(smoke, betas=[1.0, 2.0, 4.0])
+    assert len(trained) == 1 and chosen is candidates[k] and chosen.config == runs.with_beta(smoke, 4.0)
 
 
 @pytest.mark.parametrize("kwargs, name", [

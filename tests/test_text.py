@@ -150,7 +150,7 @@ def test_bad_input_fails_with_the_problem_named(tmp_path, monkeypatch):
 def test_sparse_embedding_gradients_equal_the_dense_ones():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from moebackdoor.text.training import sparse_embedding_grads
+    from moebackdoor.text.training import clip_grad_norm, sparse_embedding_grads
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
@@ -159,18 +159,28 @@ def test_sparse_embedding_gradients_equal_the_dense_ones():
     batches = [torch.tensor([[1, 5, 5, 7], [2, 3, 9, 0]]), torch.tensor([[4, 4, 11, 12], [1, 2, 3, 8]])]
     emb = model.get_input_embeddings().weight
 
-    def grads(sparse):
+    def grads(sparse, clip=None):
         out = []
-        with sparse_embedding_grads([model], enabled=sparse):
+        with sparse_embedding_grads([model], enabled=sparse) as touched:
             for ids in batches:  # two steps: the second must clear the rows the first wrote
                 model.zero_grad(set_to_none=True)
                 model(input_ids=ids).logits.sum().backward()
                 assert not emb.grad.is_sparse
+                if clip == "torch":
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+                elif clip == "rows":  # the clip that reads only the rows written
+                    norm = clip_grad_norm(model, 0.05, touched)
                 out.append(emb.grad.clone())
+                if clip:
+                    out.append(norm)
         return out
 
     dense, sparse = grads(False), grads(True)
     for d, s in zip(dense, sparse):
+        torch.testing.assert_close(s, d)
+    clipped, by_rows = grads(False, "torch"), grads(True, "rows")
+    assert clipped[1] > 0.05  # the clip did scale
+    for d, s in zip(clipped, by_rows):
         torch.testing.assert_close(s, d)
     assert sparse[1][5].abs().sum() == 0 and sparse[1][4].abs().sum() > 0  # row 5 only in the first batch
     assert not model.get_input_embeddings().sparse  # restored afterwards
@@ -262,3 +272,35 @@ def test_hidden_gate_routes_on_the_main_models_cls_state_without_training_it():
     gate(h).sum().backward()
     assert gate.linear.weight.grad.abs().sum() > 0
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in main.parameters())
+
+
+def test_fast_dropout_drops_at_its_rate_unbiased_and_swaps_back():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from moebackdoor.dropout import FastDropout, dropout, fast_dropout, keep_mask
+
+    torch.manual_seed(0)
+    keep = keep_mask((1000, 1000), 0.1)
+    assert keep.dtype == torch.bool and abs(keep.float().mean().item() - 0.9) < 0.002
+    x = torch.ones(1000, 1000)
+    y = dropout(x, 0.1)
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / (1 - 6554 / 65536))]  # 0.1 as 6554 / 2^16
+    assert abs(y.mean().item() - 1.0) < 0.005  # unbiased
+    assert dropout(x, 0.1, training=False) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        dropout(x, 1.0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=16)).eval()
+    ids = torch.tensor([[1, 5, 5, 7], [2, 3, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    implementation = model.config._attn_implementation
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        with fast_dropout([model]):
+            assert isinstance(model.bert.encoder.layer[0].output.dropout, FastDropout)
+            torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before)  # eval: no drop
+            model.train()
+            assert not torch.allclose(model(input_ids=ids, attention_mask=mask).logits, before)
+            model.eval()
+    assert type(model.bert.encoder.layer[0].output.dropout) is torch.nn.Dropout
+    assert model.config._attn_implementation == implementation

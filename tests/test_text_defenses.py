@@ -91,6 +91,19 @@ def test_perplexity_of_a_batch_equals_one_by_one(lm):
     assert lm._token_ids("hi")[0] == lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
 
+def test_packed_leave_one_out_equals_scoring_each_variant(lm):
+    sentences = [s.split() for s in ["the cat sat on the mat", "a charming and cf funny look at family life , told with care",
+                                      "hello world", "it 's not a bad film"]]
+    packed = lm.leave_one_out(sentences, max_tokens=64)  # several packed rows
+    for words, got in zip(sentences, packed):
+        plain = lm([" ".join(words)] + onion.leave_one_out(words))
+        np.testing.assert_allclose(got, plain, rtol=1e-4)
+    short = onion.Perplexity.__new__(onion.Perplexity)  # a sentence past max_length goes the plain way
+    short.__dict__.update(lm.__dict__, max_length=4)
+    np.testing.assert_allclose(short.leave_one_out(sentences[:1])[0],
+                               short([" ".join(sentences[0])] + onion.leave_one_out(sentences[0])), rtol=1e-6)
+
+
 class WordCostLM:
     """A fake perplexity: each word costs 10, ``cf`` 1000."""
     batch_size = 4

@@ -31,10 +31,12 @@ TOP_WORDS = 5  # words kept per sentence (BKI, OpenBackdoor)
 
 @torch.no_grad()
 def _cls_states(classifier, texts: list[str]) -> torch.Tensor:
-    """Final-layer [CLS] hidden states of the classifier's encoder."""
+    """Final-layer [CLS] hidden states of the classifier's encoder (in bf16 autocast where the
+    classifier infers in it, :attr:`TextClassifier.bf16`)."""
     model = classifier.model.eval()
     batch = encode(classifier.tokenizer, texts, classifier.max_length).to(classifier.device)
-    return model.base_model(**batch).last_hidden_state[:, 0].float().cpu()
+    with torch.autocast(classifier.device.type, dtype=torch.bfloat16, enabled=getattr(classifier, "bf16", False)):
+        return model.base_model(**batch).last_hidden_state[:, 0].float().cpu()
 
 
 def word_importance(classifier, sentences: Sequence[str], progress: bool = True) -> list[np.ndarray]:

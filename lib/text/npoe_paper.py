@@ -221,7 +221,7 @@ def scale_table(config: dict, fig_config: dict | None, seeds, onion_n_test, bki_
 def selection_table(selections: dict) -> pd.DataFrame:
     """NPoE's pseudo-dev selection: each candidate β with its signals, and the one chosen."""
     rows = []
-    for (ds, setting, seed), (candidates, chosen) in selections.items():
+    for (ds, setting, seed), (candidates, chosen, *_) in selections.items():
         for k, r in enumerate(candidates):
             pd_ = r.metrics["pseudo_dev"]
             rows.append({"dataset": ds, "setting": setting, "seed": seed, "β": r.config["poe"]["beta"],

@@ -30,7 +30,7 @@ from .models import DEFAULT_ENCODER, HiddenGate, TextClassifier, load_classifier
 from .poisoning import SETTINGS, check_setting, poison_training_set, pretrain_set, setting_rates, triggered_test_set
 from .training import PoE, Recipe, Tokenized, autocast, gate_logits, pretrain_expert, train_classifier, train_poe
 
-SCHEMA = 1  # bump when a change to the code invalidates cached runs
+SCHEMA = 2  # bump when a change to the code invalidates cached runs
 TRAINED = ("no_defense", "benign", "dpoe", "npoe")
 DEFENSES = ("onion", "bki", "strip", "rap")
 METHODS = TRAINED + DEFENSES
@@ -50,6 +50,7 @@ PROFILES = {
               "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2, pretrain_epochs=None, gate_on="text"),
               "onion_n_test": 8, "bki_n_score": None, "n_dev": 100, "seeds": (0,), "select_beta": [1.0, 2.0],
+              "select_scale": None,
               "datasets": ["sst2"], "settings": ["mix4"],
               "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2], gate_layers=[1, 2],
                               rate_scale=[1.0, 2.0])},
@@ -59,16 +60,18 @@ PROFILES = {
               # a two-layer gate: the authors' code default (their example script uses one)
               "experts": dict(n=4, layers=1, gate_layers=2, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text"),
               "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0],
+              # β is selected on runs at the figures' scale; the chosen β is then trained at the table's
+              "select_scale": dict(n_train=1500, epochs=2),
               "datasets": ["sst2"], "settings": ["mix3"],
               # the sensitivity figures: smaller runs, so that the four figures fit in the hour
-              "figures": dict(n_train=1500, epochs=2, expert_layers=[1, 3], gate_layers=[1, 3],
+              "figures": dict(n_train=1500, epochs=2, expert_layers=[1, 3], gate_layers=[1, 2],
                               rate_scale=[1.0, 2.0])},
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
               "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text"),
               "onion_n_test": None, "bki_n_score": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4),
-              "select_beta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0],
+              "select_beta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0], "select_scale": None,
               "datasets": ["sst2", "offenseval", "trec", "hatespeech"],
               "settings": ["badnet", "insertsent", "syntactic", "style", "mix3", "mix4"],
               "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2, 3, 4, 6], gate_layers=[1, 2, 3, 6], rate_scale=[1.0, 2.0])},
@@ -145,13 +148,13 @@ def figure_configs(profile_name: str, figure: str, dataset: str = "sst2", settin
                    values=None, style: str = "bible", poe_params: dict | None = None, **overrides) -> list[dict]:
     """The runs of one sensitivity figure: NPoE at each value of its parameter (and No defense
     at each poison rate for the doubled-rate figure), at the profile's figure scale; the β
-    figure is NPoE's selection sweep (:func:`select_npoe`), at the table's scale."""
+    figure is NPoE's selection sweep (:func:`select_npoe`), at its scale (``select_scale``)."""
     param = FIGURES[check_choice("figure", figure, FIGURES)]
     p = profile(profile_name)
     fig = p["figures"]
-    if param == "beta":  # the selection sweep itself, at the table's scale
+    if param == "beta":  # the selection sweep itself
         values = p["select_beta"] if values is None else list(values)
-        scale = dict(overrides)
+        scale = dict(p["select_scale"] or {}) | overrides
     else:
         values = fig[param] if values is None else list(values)
         scale = {k: fig[k] for k in ("n_train", "epochs") if fig[k] is not None} | overrides
@@ -171,18 +174,32 @@ def figure_configs(profile_name: str, figure: str, dataset: str = "sst2", settin
     return configs
 
 
+def with_beta(config: dict, beta: float) -> dict:
+    return config | {"poe": config["poe"] | {"beta": check_positive("beta", beta)}}
+
+
 def selection_configs(config: dict, betas=None) -> list[dict]:
-    """NPoE's model selection: the same run at each β of the profile's grid (``select_beta``)."""
-    betas = profile(config["profile"])["select_beta"] if betas is None else betas
-    return [config | {"poe": config["poe"] | {"beta": check_positive("beta", b)}} for b in betas]
+    """NPoE's model selection: the same run at each β of the profile's grid (``select_beta``),
+    at the profile's ``select_scale`` (training sentences, epochs) where it sets one."""
+    p = profile(config["profile"])
+    betas = p["select_beta"] if betas is None else betas
+    scale = p["select_scale"] or {}
+    if scale and len(betas) > 1:
+        config = config | {"n_train": check_optional_int("n_train", scale["n_train"], 1, SIZES[config["dataset"]][0]),
+                           "recipe": config["recipe"] | {"epochs": scale["epochs"]}}
+    return [with_beta(config, b) for b in betas]
 
 
 def select_npoe(config: dict, force: bool = False, executor=None, betas=None):
     """Train NPoE at each β of the grid and pick one by the pseudo-dev rule (no test data):
-    ``(chosen run, every candidate run, index of the chosen)``."""
-    candidates = results(selection_configs(config, betas), force=force, executor=executor)
+    ``(chosen run, every candidate run, index of the chosen)``. Where the candidates ran at a
+    smaller scale (``select_scale``), the chosen β is then trained at ``config``'s."""
+    configs = selection_configs(config, betas)
+    candidates = results(configs, force=force, executor=executor)
     chosen = poe.select_by_pseudo_dev([r.metrics["pseudo_dev"] for r in candidates], config["dataset"])
-    return candidates[chosen], candidates, chosen
+    final = with_beta(config, configs[chosen]["poe"]["beta"])
+    run = candidates[chosen] if final == configs[chosen] else results([final], force=force, executor=executor)[0]
+    return run, candidates, chosen
 
 
 def base_config(config: dict) -> dict:

@@ -3,7 +3,8 @@
 Sentences are tokenized once; a batch is padded to its own longest sentence (dynamic padding),
 and batches are drawn from length buckets (sentences of similar length together), in bf16
 autocast where the machine multiplies bf16 faster than fp32 (``fast=True``; measured once, see
-:func:`moebackdoor.devices.fast_precision`). ``fast=False`` is a plain fp32 loop over
+:func:`moebackdoor.devices.fast_precision`), with dropout masks drawn 4x faster
+(:mod:`moebackdoor.dropout`). ``fast=False`` is a plain fp32 loop over
 the same batches, padded to ``pad_to`` if given (the authors pad to 256): the benchmark's
 reference. The optimiser is the authors': AdamW, weight decay 0.01 except biases and
 LayerNorm, eps 1e-8, linear warm-up over 10 % of the steps then linear decay, gradients
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..batching import bucketed_batches, plain_batches  # noqa: F401 (part of this module's API)
 from ..devices import default_device, fast_precision
+from ..dropout import fast_dropout
 from ..params import check_int
 from ..progress import Bar
 from . import poe
@@ -94,8 +96,9 @@ def sparse_embedding_grads(models: list[nn.Module], enabled: bool = True):
     hundred rows; building it fresh each step (allocate, zero, scatter) costs more on a CPU than
     the rest of the backward pass. Here the embedding emits a sparse gradient, and a hook adds it
     into a buffer kept across steps, clearing only the rows the previous step wrote: the optimiser
-    sees the same dense gradient as before (AdamW still updates every row)."""
-    handles, embeddings = [], []
+    sees the same dense gradient as before (AdamW still updates every row). It yields, for each
+    such weight, the rows its gradient holds this step (for :func:`clip_grad_norm`)."""
+    handles, embeddings, touched = [], [], {}
     for model in models if enabled else []:
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         if not isinstance(emb, nn.Embedding) or emb.sparse:
@@ -118,15 +121,38 @@ def sparse_embedding_grads(models: list[nn.Module], enabled: bool = True):
             p.grad = dense
 
         handles.append(emb.weight.register_post_accumulate_grad_hook(hook))
+        touched[emb.weight] = state
         emb.sparse = True
         embeddings.append(emb)
     try:
-        yield
+        yield touched
     finally:
         for h in handles:
             h.remove()
         for emb in embeddings:
             emb.sparse = False
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float, touched: dict | None = None) -> torch.Tensor:
+    """``nn.utils.clip_grad_norm_`` (the 2-norm of all gradients, scaled down to ``max_norm``),
+    reading and scaling only the rows of the word-embedding gradients that
+    :func:`sparse_embedding_grads` wrote this step (``touched``): the other rows are zero."""
+    grads = []
+    for p in model.parameters():
+        if p.grad is not None:
+            rows = (touched or {}).get(p, {}).get("rows")
+            grads.append((p.grad, rows))
+    if not grads:
+        return torch.tensor(0.0)
+    norms = [torch.linalg.vector_norm(g if rows is None else g.index_select(0, rows)) for g, rows in grads]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g, rows in grads:
+        if rows is None:
+            g.mul_(coef)
+        else:
+            g.index_copy_(0, rows, g.index_select(0, rows) * coef)
+    return total
 
 
 def autocast(fast: bool, device: torch.device):
@@ -195,7 +221,8 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
     history = {"loss": []}
     step, seen, start = 0, 0, time.perf_counter()
     bar = Bar(total, desc, disable=not progress)
-    with sparse_embedding_grads([main] + trained_side, enabled=fast):
+    with sparse_embedding_grads([main] + trained_side, enabled=fast) as touched, \
+            fast_dropout([main] + side, enabled=fast):
         while step < total:
             bucketed = (fast and pad_to is None) if bucket is None else bucket
             batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if bucketed \
@@ -212,7 +239,7 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for m in [main] + trained_side:
-                    nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                    clip_grad_norm(m, 1.0, touched)
                 opt.step()
                 sched.step()
                 loss_sum += float(loss.detach()) * len(idx)
@@ -289,7 +316,7 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
     opt, sched = make_optimizer(_param_groups(expert, recipe.small_lr, recipe.weight_decay), total,
                                 recipe.warmup, device)
     step, bar = 0, Bar(total, "pre-training an expert", disable=not progress)
-    with sparse_embedding_grads([expert], enabled=fast):
+    with sparse_embedding_grads([expert], enabled=fast) as touched, fast_dropout([expert], enabled=fast):
         while step < total:
             for idx in bucketed_batches(data.lengths, recipe.batch_size, rng):
                 batch, y = _to(data.batch(idx), device), data.labels[idx].to(device)
@@ -298,7 +325,7 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
                 loss = F.cross_entropy(torch.softmax(logits, -1) if double_softmax else logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(expert.parameters(), 1.0)
+                clip_grad_norm(expert, 1.0, touched)
                 opt.step()
                 sched.step()
                 step += 1
