@@ -12,7 +12,7 @@ training sentences with the quick profile's encoder (MiniLM-L6) and batch size:
 - model FLOP utilisation: FLOPs per training sentence (counted at the data's mean length)
   x sentences/s, against the bf16 matmul rate measured in the same run;
 - NPoE's training throughput (4 one-layer experts, the quick profile's gate of two layers, R-drop;
-  also with the example script's one-layer gate) relative to
+  also with the example script's one-layer gate, and at BERT-base's shape, the paper's) relative to
   No defense, both with the library's step: against No defense as the authors' ``plain_train``
   runs it under the same ``--do_Rdrop`` flag (their timing code sits in both loops, so the paper's
   7.27 against 14.28 it/s most likely compares R-drop with R-drop), and against No defense
@@ -41,6 +41,21 @@ from .training import (PoE, Recipe, Tokenized, bucketed_batches, plain_batches, 
 
 BATCH = 16
 GATE_LAYERS = profile("quick")["experts"]["gate_layers"]  # the chapter's NPoE
+PAPER_GATE_LAYERS = profile("paper")["experts"]["gate_layers"]  # the authors' example script
+
+
+def _model(shape: str, num_labels: int = 2, num_hidden_layers: int | None = None, seed: int = 0):
+    """The chapter's MiniLM (pretrained), or an encoder of BERT-base's shape (the paper's;
+    random weights, which do not change the speed), cut to its first layers if asked."""
+    if shape == "minilm":
+        return load_classifier(DEFAULT_ENCODER, num_labels=num_labels, num_hidden_layers=num_hidden_layers, seed=seed)
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(num_labels=num_labels)  # bert-base-uncased: 12 layers, 768 wide, 30,522 tokens
+    if num_hidden_layers is not None:
+        config.num_hidden_layers = num_hidden_layers
+    return BertForSequenceClassification(config)
 
 
 def _data(tokenizer, n: int, max_length: int) -> Tokenized:
@@ -84,10 +99,10 @@ def plain_loop(model, data: Tokenized, steps: int, pad_to: int | None = None, se
 
 
 def rate(data: Tokenized, steps: int, method: str = "library", pad_to: int | None = None,
-         gate_layers: int = GATE_LAYERS) -> float:
+         gate_layers: int = GATE_LAYERS, shape: str = "minilm") -> float:
     """Sentences/s over ``steps`` steps, after 2 warm-up steps."""
     recipe = Recipe(epochs=10 ** 6, batch_size=BATCH)
-    model = load_classifier(DEFAULT_ENCODER)
+    model = _model(shape)
     if method == "plain":
         plain_loop(model, data, 2, pad_to)
         return plain_loop(model, data, steps, pad_to, seed=1)
@@ -97,8 +112,8 @@ def rate(data: Tokenized, steps: int, method: str = "library", pad_to: int | Non
         return train_classifier(model, data, recipe, progress=False, max_steps=steps,
                                 rdrop_alpha=alpha)["sentences_per_second"]
     poe = PoE(train_experts=method == "npoe")  # "npoe_frozen": the authors' default, experts fixed after pre-training
-    experts = [load_classifier(DEFAULT_ENCODER, num_hidden_layers=1, seed=j) for j in range(4)]
-    gate = load_classifier(DEFAULT_ENCODER, num_labels=4, num_hidden_layers=gate_layers)
+    experts = [_model(shape, num_hidden_layers=1, seed=j) for j in range(4)]
+    gate = _model(shape, num_labels=4, num_hidden_layers=gate_layers)
     train_poe(model, experts, gate, data, recipe, poe, progress=False, max_steps=2)
     return train_poe(model, experts, gate, data, recipe, poe, progress=False, max_steps=steps)["sentences_per_second"]
 
@@ -110,7 +125,7 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
     flops = flops_per_sentence(tokenizer, data)
     npoe_flops = flops_per_sentence(tokenizer, data, npoe=True)
     npoe_flops1 = flops_per_sentence(tokenizer, data, npoe=True, gate_layers=1)
-    lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1 = [], [], [], [], [], [], [], [], []
+    lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1, base_rdrop, base_npoe = ([] for _ in range(11))
     for _ in range(repeats):  # interleaved, so drift hits all alike
         bf16.append(matmul_rate(torch.bfloat16))
         fp32.append(matmul_rate(torch.float32))
@@ -121,8 +136,11 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
         npoe.append(rate(data, steps, method="npoe"))
         frozen.append(rate(data, steps, method="npoe_frozen"))
         gate1.append(rate(data, steps, method="npoe", gate_layers=1))
-    lib_r, plain_r, padded_r, npoe_r, frozen_r, bf16_r, rdrop_r, fp32_r, gate1_r = map(
-        statistics.median, (lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1))
+        base_steps = max(3, steps // 3)  # BERT-base is about 8x the FLOPs
+        base_rdrop.append(rate(data, base_steps, method="rdrop", shape="bert-base"))
+        base_npoe.append(rate(data, base_steps, method="npoe", gate_layers=PAPER_GATE_LAYERS, shape="bert-base"))
+    lib_r, plain_r, padded_r, npoe_r, frozen_r, bf16_r, rdrop_r, fp32_r, gate1_r, base_rdrop_r, base_npoe_r = map(
+        statistics.median, (lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1, base_rdrop, base_npoe))
     rows = [
         (f"library step (bucketed, dynamic padding, {fast_precision()}), sentences/s", lib_r, ""),
         ("plain fp32 loop (AdamW defaults), same batches, sentences/s", plain_r, ""),
@@ -144,6 +162,9 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
         ("NPoE with a one-layer gate (the example script), sentences/s", gate1_r, ""),
         ("NPoE with a one-layer gate / No defense with R-drop", gate1_r / rdrop_r, ""),
         ("NPoE (one-layer gate) training FLOPs / No defense's", npoe_flops1 / flops, ""),
+        ("BERT-base shape (the paper's encoder): No defense with R-drop, sentences/s", base_rdrop_r, ""),
+        (f"BERT-base shape: NPoE ({PAPER_GATE_LAYERS}-layer gate as `paper`), sentences/s", base_npoe_r, ""),
+        ("BERT-base shape: NPoE / No defense with R-drop", base_npoe_r / base_rdrop_r, "paper 0.51"),
     ]
     return pd.DataFrame(rows, columns=["measure", "value", "target"]).assign(
         encoder=DEFAULT_ENCODER, batch=BATCH, max_length=max_length, mean_tokens=float(data.lengths.mean()),
