@@ -13,7 +13,7 @@ with the weights stored in bf16 once rather than cast on every forward pass. Unl
 out of the loss, and a start token is prepended so that the first word is scored too (the
 tokenizer's BOS; for SmolLM2, ``<|endoftext|>``). A sentence and its leave-one-out variants
 go through the LM as one packed sequence, the variants reusing the sentence's prefix
-(:meth:`Perplexity.leave_one_out`: the same perplexities for half the compute).
+(:meth:`Perplexity.leave_one_out`: the same perplexities from about half the tokens).
 """
 from __future__ import annotations
 
@@ -98,7 +98,6 @@ class Perplexity:
             out[idx] = mean_nll.exp().cpu().numpy()
         return out
 
-
     def _words_ids(self, words: Sequence[str]) -> tuple[list[int], list[list[int]]]:
         """Token ids of each word as it appears after a space, and of the second word as a sentence's first."""
         rest = self.tokenizer([" " + w for w in words], add_special_tokens=False).input_ids
@@ -108,8 +107,8 @@ class Perplexity:
     @torch.no_grad()
     def leave_one_out(self, sentences: Sequence[Sequence[str]], max_tokens: int = 1024) -> list[np.ndarray]:
         """For each sentence (its whitespace words, at least two): the perplexity of the sentence,
-        then of the sentence without each word in turn; as ``self([...])`` on the joined texts would
-        give, for half the compute.
+        then of the sentence without each word in turn, as ``self([...])`` on the joined texts would
+        give them, from about half the tokens.
 
         The variant without word ``i`` starts with the sentence's own tokens up to word ``i``, so
         the sentence and the *rest* of every variant go through the LM as one packed sequence:

@@ -97,7 +97,7 @@ def sparse_embedding_grads(models: list[nn.Module], enabled: bool = True):
     the rest of the backward pass. Here the embedding emits a sparse gradient, and a hook adds it
     into a buffer kept across steps, clearing only the rows the previous step wrote: the optimiser
     sees the same dense gradient as before (AdamW still updates every row). It yields, for each
-    such weight, the rows its gradient holds this step (for :func:`clip_grad_norm`)."""
+    such weight (by ``id``), the rows its gradient holds this step (for :func:`clip_grad_norm`)."""
     handles, embeddings, touched = [], [], {}
     for model in models if enabled else []:
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
@@ -121,7 +121,7 @@ def sparse_embedding_grads(models: list[nn.Module], enabled: bool = True):
             p.grad = dense
 
         handles.append(emb.weight.register_post_accumulate_grad_hook(hook))
-        touched[emb.weight] = state
+        touched[id(emb.weight)] = state
         emb.sparse = True
         embeddings.append(emb)
     try:
@@ -140,7 +140,7 @@ def clip_grad_norm(model: nn.Module, max_norm: float, touched: dict | None = Non
     grads = []
     for p in model.parameters():
         if p.grad is not None:
-            rows = (touched or {}).get(p, {}).get("rows")
+            rows = (touched or {}).get(id(p), {}).get("rows")
             grads.append((p.grad, rows))
     if not grads:
         return torch.tensor(0.0)
