@@ -59,6 +59,8 @@ def test_beta_is_selected_at_the_selection_scale_and_the_choice_retrained_at_the
     chosen, candidates, k = runs.select_npoe(table)
     assert [c["n_train"] for c in trained[0]] == [1500] * 3 and k == 1
     assert trained[1] == [runs.with_beta(table, 4.0)] and chosen.config == runs.with_beta(table, 4.0)
+    small = runs.run_config("quick", "sst2", "mix3", "npoe", n_train=1000, epochs=1)  # never above the table's
+    assert {(c["n_train"], c["recipe"]["epochs"]) for c in runs.selection_configs(small)} == {(1000, 1)}
     trained.clear()  # no selection scale (smoke, paper): the chosen candidate is the table's run
     smoke = runs.run_config("smoke", "sst2", "mix4", "npoe")
     chosen, candidates, k = runs.select_npoe(smoke, betas=[1.0, 2.0, 4.0])

@@ -185,9 +185,10 @@ def selection_configs(config: dict, betas=None) -> list[dict]:
     p = profile(config["profile"])
     betas = p["select_beta"] if betas is None else betas
     scale = p["select_scale"] or {}
-    if scale and len(betas) > 1:
-        config = config | {"n_train": check_optional_int("n_train", scale["n_train"], 1, SIZES[config["dataset"]][0]),
-                           "recipe": config["recipe"] | {"epochs": scale["epochs"]}}
+    if scale and len(betas) > 1:  # never more than the table's own runs
+        n_train = min(scale["n_train"], config["n_train"] or SIZES[config["dataset"]][0])
+        config = config | {"n_train": n_train,
+                           "recipe": config["recipe"] | {"epochs": min(scale["epochs"], config["recipe"]["epochs"])}}
     return [with_beta(config, b) for b in betas]
 
 
