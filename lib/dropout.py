@@ -14,6 +14,7 @@ computes what the eager one does (registered with ``transformers``' ``AttentionI
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -23,9 +24,7 @@ _LANES = 65536
 
 def keep_mask(shape, p: float, device=None) -> torch.Tensor:
     """A boolean mask, each element True with probability ``1 - round(p * 2^16) / 2^16``."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     words = torch.randint(-2 ** 63, 2 ** 63 - 1, (-(-n // 4),), dtype=torch.int64, device=device)
     lanes = words.view(torch.int16)[:n]
     return (lanes >= round(p * _LANES) - _LANES // 2).view(shape)

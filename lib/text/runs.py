@@ -154,17 +154,15 @@ def figure_configs(profile_name: str, figure: str, dataset: str = "sst2", settin
     p = profile(profile_name)
     fig = p["figures"]
     if param == "beta":  # the selection sweep itself
-        values = p["select_beta"] if values is None else list(values)
-        scale = dict(p["select_scale"] or {}) | overrides
-    else:
-        values = fig[param] if values is None else list(values)
-        scale = {k: fig[k] for k in ("n_train", "epochs") if fig[k] is not None} | overrides
+        table = run_config(profile_name, dataset, setting, "npoe", seed, style=style, poe_params=poe_params,
+                           **overrides)
+        return selection_configs(table, None if values is None else list(values))
+    values = fig[param] if values is None else list(values)
+    scale = {k: fig[k] for k in ("n_train", "epochs") if fig[k] is not None} | overrides
     configs = []
     for v in values:
         poe_v, expert_v, rate = dict(poe_params or {}), {}, 1.0
-        if param == "beta":
-            poe_v["beta"] = check_positive("beta", v)
-        elif param == "rate_scale":
+        if param == "rate_scale":
             rate = check_positive("rate_scale", v)
         else:
             expert_v[{"expert_layers": "layers", "gate_layers": "gate_layers"}[param]] = check_int(param, v, 1)
