@@ -121,6 +121,43 @@ def test_a_lora_step_changes_only_adapter_weights():
     assert any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
 
 
+def test_bf16_frozen_weights_give_the_autocast_step_exactly_and_spare_the_tied_head():
+    base = tiny_lm()
+    base.config.tie_word_embeddings = True  # as SmolLM2's
+    base.tie_weights()
+    assert base.lm_head.weight is base.model.embed_tokens.weight
+    model = models.add_lora(base, dropout=0.0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    batch, results = tiny_batch(), []
+    for low in (False, True):
+        model.zero_grad()
+        frozen = training.frozen_in(model)
+        with frozen if low else torch.enable_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = training.answer_loss(model, batch)
+            loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    assert len(frozen.pairs) == 2 * 7  # every adapted linear layer; the tied LM head is not among them
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # restored on leaving
+
+
+def test_fast_dropout_swaps_lora_dropout_and_keeps_sdpa_where_attention_has_no_dropout():
+    from moebackdoor.dropout import FastDropout, fast_dropout
+
+    model = models.add_lora(tiny_lm())
+    attn = model.config._attn_implementation
+    n = sum(type(m) is torch.nn.Dropout for m in model.modules())
+    assert n == 2 * 7
+    with fast_dropout([model]):
+        assert sum(isinstance(m, FastDropout) for m in model.modules()) == n
+        assert model.config._attn_implementation == attn
+    assert sum(type(m) is torch.nn.Dropout for m in model.modules()) == n
+
+
 def test_a_saved_adapter_reloads_to_identical_logits(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -5,13 +5,15 @@
 Measured in one process, interleaved (this machine's speed drifts minute to minute), on
 BackdoorLLM's ``sst2`` BadNet mix in the chat template, with SmolLM2-135M-Instruct and LoRA r 8:
 - tokens/s of the library's SFT step (length-bucketed batches padded to their longest sequence,
-  the LM head applied only to answer tokens, fused AdamW; bf16 autocast where this machine
+  the LM head applied only to answer tokens, fused AdamW, cheaper dropout masks, bf16 copies of
+  the frozen weights; bf16 autocast where this machine
   multiplies bf16 faster than fp32, else fp32, and the other precision's step beside it) against
   a plain fp32 loop over the same batches
   (``model(..., labels=...)``, ``torch.optim.AdamW`` with its defaults);
 - model FLOP utilisation: FLOPs of one library step per token x tokens/s, against the fp32 and
   bf16 matmul rates measured in the same run;
-- batched greedy generation (16 prompts, 32 new tokens) with the KV cache, and without it;
+- batched greedy generation (16 prompts, 32 new tokens) with the KV cache, and without it (fp32),
+  and with the cache in the chapter's bf16 inference (bf16 body, fp32 LM head);
 - Locphylax's total training tokens (stage 1, stage 2) against the attack's own, at the quick profile.
 Results go to stdout and to ``<output>/tables/bench-locphylax.csv``.
 """
@@ -65,16 +67,18 @@ def plain_loop(model, data: SFTData, steps: int, seed: int = 0) -> float:
 
 def rate(data: SFTData, steps: int, method: str) -> float:
     """Tokens/s: the plain loop (``"plain"``), or the library's step in the faster precision
-    (``"library"``) or in the one named (``"fp32"``, ``"bf16"``)."""
+    (``"library"``; ``"library_slow"``: without its cheaper dropout masks and bf16 frozen weights)
+    or in the one named (``"fp32"``, ``"bf16"``)."""
     model = _model()
     if method == "plain":
         plain_loop(model, data, 2)
         return plain_loop(model, data, steps, seed=1)
     recipe = Recipe(epochs=10 ** 6, batch_size=BATCH)
-    precision = fast_precision() if method == "library" else method  # "library": the faster here
-    train_sft(model, data, recipe, max_steps=2, precision=precision, progress=False)
+    fast = method != "library_slow"
+    precision = method if method in ("fp32", "bf16") else fast_precision()  # "library": the faster here
+    train_sft(model, data, recipe, max_steps=2, precision=precision, progress=False, fast=fast)
     return train_sft(model, data, recipe, seed=1, max_steps=steps, precision=precision,
-                     progress=False)["tokens_per_second"]
+                     progress=False, fast=fast)["tokens_per_second"]
 
 
 def flops_per_token(data: SFTData) -> float:
@@ -86,7 +90,7 @@ def flops_per_token(data: SFTData) -> float:
     return counter.get_total_flops() / int(data.lengths[idx].sum())
 
 
-def generation_rate(tok, use_cache: bool) -> float:
+def generation_rate(tok, use_cache: bool, precision: str = "fp32") -> float:
     from .generation import generate
 
     model = models.load_model().eval()
@@ -94,7 +98,7 @@ def generation_rate(tok, use_cache: bool) -> float:
     prompts = [p for p, _ in runs.pairs(tok, clean, "chat")]
     if use_cache:
         stats = {}
-        generate(model, tok, prompts, 32, 16, stats=stats)
+        generate(model, tok, prompts, 32, 16, stats=stats, precision=precision)
         return stats["new_tokens"] / stats["seconds"]
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -132,7 +136,7 @@ def run_benchmark(steps: int = 8, repeats: int = 2) -> pd.DataFrame:
     tok = models.load_tokenizer()
     data = _data(tok)
     flops = flops_per_token(data)
-    lib, other_step, plain, mm32, mm16, gen, gen_nocache = [], [], [], [], [], [], []
+    lib, slow, other_step, plain, mm32, mm16, gen, gen16, gen_nocache = [], [], [], [], [], [], [], [], []
     fast = fast_precision()
     other = "fp32" if fast == "bf16" else "bf16"
     for _ in range(repeats):  # interleaved, so drift hits all alike
@@ -140,25 +144,29 @@ def run_benchmark(steps: int = 8, repeats: int = 2) -> pd.DataFrame:
         mm16.append(matmul_rate(torch.bfloat16))
         lib.append(rate(data, steps, "library"))
         plain.append(rate(data, steps, "plain"))
+        slow.append(rate(data, steps, "library_slow"))
         other_step.append(rate(data, steps, other))
         gen.append(generation_rate(tok, True))
+        gen16.append(generation_rate(tok, True, "bf16"))
         gen_nocache.append(generation_rate(tok, False))
-    lib_r, plain_r, other_r, mm32_r, mm16_r, gen_r, genn_r = map(statistics.median,
-                                                               (lib, plain, other_step, mm32, mm16, gen, gen_nocache))
+    lib_r, slow_r, plain_r, other_r, mm32_r, mm16_r, gen_r, gen16_r, genn_r = map(
+        statistics.median, (lib, slow, plain, other_step, mm32, mm16, gen, gen16, gen_nocache))
     cost = locphylax_cost()
     rows = [
         (f"library SFT step (bucketed, answer-only LM head, fused AdamW, {fast}), tokens/s", lib_r, ""),
         ("plain fp32 loop (full LM head, AdamW defaults), same batches, tokens/s", plain_r, ""),
         ("speed-up, library / plain fp32", lib_r / plain_r, "target >= 1.5"),
+        (f"library step, {fast}, with nn.Dropout masks and fp32-stored frozen weights, tokens/s", slow_r, ""),
         (f"library step in {other} instead, tokens/s", other_r, ""),
         ("training GFLOP per token (LoRA, answer-only head)", flops / 1e9, ""),
         ("matmul rate fp32, GFLOP/s", mm32_r / 1e9, ""),
         ("matmul rate bf16, GFLOP/s", mm16_r / 1e9, ""),
         ("model FLOP utilisation vs fp32 matmul, %", 100 * flops * lib_r / mm32_r, ""),
         ("model FLOP utilisation vs bf16 matmul, %", 100 * flops * lib_r / mm16_r, ""),
-        ("greedy generation with KV cache (16 prompts x 32 tokens), new tokens/s", gen_r, ""),
-        ("greedy generation without a cache, new tokens/s", genn_r, ""),
+        ("greedy generation with KV cache (16 prompts x 32 tokens, fp32), new tokens/s", gen_r, ""),
+        ("greedy generation without a cache (fp32), new tokens/s", genn_r, ""),
         ("KV cache speed-up", gen_r / genn_r, ""),
+        ("greedy generation with KV cache, bf16 body and fp32 LM head, new tokens/s", gen16_r, ""),
         ("Locphylax training tokens / the attack's (quick profile)", cost["locphylax"] / cost["attack"],
          "goal <= 1"),
     ]

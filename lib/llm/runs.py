@@ -26,7 +26,7 @@ from . import crow, data, generation, judge, locphylax, models, pruning
 from .training import HIDDEN_POSITIONS, Recipe, SFTData, answer_loss, train_sft
 from .triggers import ATTACK_STRINGS, Trigger, strip_triggers
 
-SCHEMA = 1
+SCHEMA = 2  # 2: cheaper LoRA dropout masks (other random draws), inference in the training precision
 DEFENSES = ("locphylax", "clean_finetune", "pruning", "crow")
 ABLATIONS = ("locphylax_no_cluster", "locphylax_one_trigger", "locphylax_stage2_only")
 METHODS = ("no_defense",) + DEFENSES + ABLATIONS
@@ -236,7 +236,8 @@ def evaluate(model, tokenizer, config: dict, template: str | None = None) -> dic
             "asr": judge.attack_success_rate(task, a_trig, [r.label for r in trig]),
             "n_clean_test": len(clean), "n_triggered_test": len(trig),
             "examples": {"clean": a_clean[:3], "triggered": a_trig[:3]},
-            "generation_tokens_per_second": stats["new_tokens"] / max(stats["seconds"], 1e-9)}
+            "generation_tokens_per_second": stats["new_tokens"] / max(stats["seconds"], 1e-9),
+            "inference_precision": stats["precision"]}
 
 
 def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, offset: int = 0):

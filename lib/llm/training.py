@@ -6,7 +6,11 @@ norm clipped to 1) made cheaper in three exact ways:
 - batches come from length buckets and are padded to their own longest sequence;
 - the LM head (576 x 49k for SmolLM2) runs only where a token is predicted, i.e. on the answer,
   not on every prompt position: the loss is the same;
-- AdamW is the fused implementation.
+- AdamW is the fused implementation;
+- the LoRA dropout masks come from :mod:`moebackdoor.dropout` (a quarter of the random draws);
+- in bf16, the frozen linear weights are held in bf16 for the step (:func:`frozen_in`): autocast
+  would otherwise cast every one of them to bf16 again in each forward pass (it caches casts
+  only of weights that train), and the cast is the same rounding, so the step is unchanged.
 
 bf16 autocast is used where the machine multiplies bf16 faster than fp32 (measured once per
 process by :func:`moebackdoor.devices.fast_precision`), else fp32 (``make bench`` reports both).
@@ -29,6 +33,7 @@ from torch import nn
 
 from ..batching import bucketed_batches, plain_batches
 from ..devices import default_device, fast_precision
+from ..dropout import fast_dropout
 from ..params import check_int, check_positive
 from ..progress import Bar
 
@@ -145,11 +150,37 @@ def default_precision(device: torch.device) -> str:
     return fast_precision(device)
 
 
+class frozen_in:
+    """The frozen ``nn.Linear`` weights of ``model`` (with ``trainable``, for inference: every
+    one) held in ``dtype`` inside ``with`` blocks (reusable: the copies are made once), fp32
+    outside. A weight shared with an embedding (a tied LM head) is left alone, since the
+    embedding lookup is not autocast."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16, trainable: bool = False):
+        tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        self.pairs = [(m.weight, m.weight.data, m.weight.data.to(dtype)) for m in model.modules()
+                      if isinstance(m, nn.Linear) and (trainable or not m.weight.requires_grad)
+                      and id(m.weight) not in tied]
+
+    def __enter__(self):
+        for w, _, low in self.pairs:
+            w.data = low
+        return self
+
+    def __exit__(self, *exc):
+        for w, full, _ in self.pairs:
+            w.data = full
+        return False
+
+
 def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, max_steps: int | None = None,
               loss_fn: Callable | None = None, callback: Callable[[int], None] | None = None,
               callback_every: int = 0, precision: str | None = None, bucket: bool = True,
-              desc: str = "training", progress: bool = True) -> dict:
+              desc: str = "training", progress: bool = True, fast: bool = True) -> dict:
     """Fine-tune the trainable parameters of ``model`` in place.
+
+    ``fast=False`` drops the two changes that alter nothing but speed and randomness: the cheaper
+    dropout masks and the bf16 copies of frozen weights (``make bench`` measures both ways).
 
     ``loss_fn(model, batch) -> (loss, parts)`` replaces the answer loss;
     ``callback(step)`` runs before the first step and every ``callback_every`` steps; training
@@ -173,30 +204,33 @@ def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, ma
     if callback is not None:
         callback(0)
         model.train()
-    while step < total:
-        batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if bucket \
-            else plain_batches(len(data), recipe.batch_size, rng)
-        for idx in batches:
-            batch = {k: v.to(device) for k, v in data.batch(idx).items()}
-            with autocast(device, precision):
-                loss, parts = (answer_loss(model, batch), {}) if loss_fn is None else loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            opt.step()
-            sched.step()
-            history["loss"].append(float(loss.detach()))
-            history["parts"].append(parts)
-            tokens += int(data.lengths[idx].sum())
-            step += 1
-            bar.update()
-            if callback is not None and callback_every and (step % callback_every == 0 or step == total):
-                stop = callback(step)
-                model.train()
-                if stop:
-                    total = step
-            if step >= total:
-                break
+    low = frozen_in(model) if fast and precision == "bf16" else contextlib.nullcontext()
+    with fast_dropout([model], enabled=fast):
+        while step < total:
+            batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if bucket \
+                else plain_batches(len(data), recipe.batch_size, rng)
+            for idx in batches:
+                batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+                with low:  # backward too: it reads the weights the forward pass saved
+                    with autocast(device, precision):
+                        loss, parts = (answer_loss(model, batch), {}) if loss_fn is None else loss_fn(model, batch)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                opt.step()
+                sched.step()
+                history["loss"].append(float(loss.detach()))
+                history["parts"].append(parts)
+                tokens += int(data.lengths[idx].sum())
+                step += 1
+                bar.update()
+                if callback is not None and callback_every and (step % callback_every == 0 or step == total):
+                    stop = callback(step)
+                    model.train()
+                    if stop:
+                        total = step
+                if step >= total:
+                    break
     bar.close()
     model.eval()
     history["seconds"] = time.perf_counter() - start
