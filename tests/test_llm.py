@@ -158,6 +158,22 @@ def test_fast_dropout_swaps_lora_dropout_and_keeps_sdpa_where_attention_has_no_d
     assert sum(type(m) is torch.nn.Dropout for m in model.modules()) == n
 
 
+def test_bf16_inference_keeps_an_fp32_lm_head_and_restores_the_model():
+    from moebackdoor.llm.generation import precision_of
+
+    model = models.add_lora(tiny_lm()).eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with precision_of(model, "bf16"):
+            low = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            assert any(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # the body ran in bf16 ...
+    assert torch.allclose(low, ref, atol=0.05)                       # ... and gives nearly the same logits
+    assert isinstance(training.causal_lm(model).lm_head, torch.nn.Linear)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_a_saved_adapter_reloads_to_identical_logits(tmp_path):
     from safetensors.torch import load_file, save_file
 

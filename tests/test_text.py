@@ -222,6 +222,22 @@ def test_routing_groups_rows_by_trigger_and_averages_by_hand():
     assert out["clean"]["mixture_p_target"] == pytest.approx(0.85)
 
 
+def test_expert_separation_and_the_gate_weighted_routing_text_by_hand():
+    import pandas as pd
+    from moebackdoor.text.npoe_paper import expert_separation, routing_text
+
+    table = pd.DataFrame({"n": [10, 20, 100],
+                          "gate → 1 (a)": [20.0, 20.0, 20.0], "gate → 2 (b)": [80.0, 80.0, 80.0],
+                          "P(target) expert 1 (a)": [100.0, 80.0, 10.0], "P(target) expert 2 (b)": [52.0, 50.0, 51.0],
+                          "P(target) mixture": [60.0, 60.0, 40.0], "P(target) main model": [70.0, 50.0, 30.0]},
+                         index=pd.Index(["badnet", "syntactic", "clean"], name="training rows"))
+    sep = expert_separation(table)
+    assert sep.separation.tolist() == pytest.approx([80.0, 0.0])  # (100 + 80) / 2 - 10; (52 + 50) / 2 - 51
+    assert sep.gate.tolist() == pytest.approx([20.0, 80.0])
+    text = routing_text(table)
+    assert "it is 16, against 80" in text and "puts 80 % of that weight" in text
+
+
 def test_plain_rdrop_loss_is_cross_entropy_plus_the_kl_of_two_passes():
     """No defense with R-drop (the authors' plain_train under --do_Rdrop): CE on the first pass +
     alpha x the symmetric KL between two dropout passes, both taken in one batch."""

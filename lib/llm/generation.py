@@ -40,7 +40,7 @@ def precision_of(model, precision: str):
     head = lm.lm_head
     lm.lm_head = _FP32Head(head)
     try:
-        with frozen_in(model, trainable=True), torch.autocast(default_device().type, dtype=torch.bfloat16):
+        with frozen_in(model, trainable=True, exclude=[head.weight]), torch.autocast(default_device().type, dtype=torch.bfloat16):
             yield
     finally:
         lm.lm_head = head

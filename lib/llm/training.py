@@ -154,10 +154,11 @@ class frozen_in:
     """The frozen ``nn.Linear`` weights of ``model`` (with ``trainable``, for inference: every
     one) held in ``dtype`` inside ``with`` blocks (reusable: the copies are made once), fp32
     outside. A weight shared with an embedding (a tied LM head) is left alone, since the
-    embedding lookup is not autocast."""
+    embedding lookup is not autocast; so is any weight in ``exclude``."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16, trainable: bool = False):
-        tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16, trainable: bool = False,
+                 exclude: Sequence[torch.Tensor] = ()):
+        tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | {id(w) for w in exclude}
         self.pairs = [(m.weight, m.weight.data, m.weight.data.to(dtype)) for m in model.modules()
                       if isinstance(m, nn.Linear) and (trainable or not m.weight.requires_grad)
                       and id(m.weight) not in tied]

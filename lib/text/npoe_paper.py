@@ -252,16 +252,40 @@ def routing_table(run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("training rows")
 
 
+def expert_separation(table: pd.DataFrame) -> pd.DataFrame:
+    """Per expert (index: its name in the routing table): ``separation``, its mean P(target) on the
+    triggered rows minus that on clean non-target rows, in points (0: it says nothing about the
+    triggers), and ``gate``, its mean gate weight on the triggered rows (%)."""
+    triggered = table.drop(index="clean")
+    names = [c[len("P(target) expert "):] for c in table.columns if c.startswith("P(target) expert ")]
+    return pd.DataFrame({"separation": [triggered[f"P(target) expert {n}"].mean() - table.loc["clean", f"P(target) expert {n}"]
+                                        for n in names],
+                         "gate": [triggered[f"gate → {n}"].mean() for n in names]}, index=names)
+
+
 def routing_text(table: pd.DataFrame) -> str:
-    """One sentence on the routing table: the expert most sure of the triggers, and its gate weight."""
+    """Sentences on the routing table: the expert most sure of the triggers and its gate weight;
+    how much of the experts' separation of triggered from clean rows the gate passes on."""
     if table is None:
         return ""
     triggered = table.drop(index="clean", errors="ignore")
     experts = [c for c in table.columns if c.startswith("P(target) expert ")]
     best = max(experts, key=lambda c: triggered[c].mean())
     name = best[len("P(target) expert "):]
-    return (f"Expert {name} is the most confident on the triggered rows (mean P(target) "
+    text = (f"Expert {name} is the most confident on the triggered rows (mean P(target) "
             f"{triggered[best].mean():.0f} %, on clean non-target rows {table[best].get('clean', float('nan')):.0f} %); "
             f"the gate gives it {triggered[f'gate → {name}'].mean():.0f} % of its weight on triggered rows "
             f"and {table[f'gate → {name}'].get('clean', float('nan')):.0f} % on clean ones. The main model "
             f"gives the target {triggered['P(target) main model'].mean():.0f} % on the triggered rows.")
+    if "clean" not in table.index or triggered.empty:
+        return text
+    sep = expert_separation(table)
+    top = sep.separation.max()
+    weighted = float((sep.separation * sep.gate).sum() / sep.gate.sum())
+    weak = float(sep.gate[sep.separation < top / 5].sum())
+    return text + (f" Each expert's separation, its P(target) on triggered rows minus on clean ones, is "
+                   + ", ".join(f"{s:.0f}" for s in sep.separation) + " points (experts " + ", ".join(sep.index)
+                   + f"); weighted by the gate on the triggered rows it is {weighted:.0f}, against {top:.0f} for "
+                   f"the best expert alone. The gate puts {weak:.0f} % of that weight on experts whose separation "
+                   f"is under a fifth of the best's, which pass the product almost nothing; β multiplies only "
+                   f"what the gate passes.")
