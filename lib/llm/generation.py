@@ -1,7 +1,7 @@
 """Batched greedy generation with a KV cache, prompts left-padded and sorted by length.
 
 It runs in the precision of the library's training step (:func:`moebackdoor.devices.fast_precision`):
-in bf16, the decoder's frozen linear weights are held in bf16 and the rest autocast, while the LM
+in bf16, the decoder's linear weights are held in bf16 (:class:`training.frozen_in`) and the rest autocast, while the LM
 head, whose logits pick each token, stays fp32 (bf16 logits of 10-20 are 0.06-0.1 apart, enough
 to break near-ties the other way).
 """

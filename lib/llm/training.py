@@ -1,13 +1,15 @@
 """Supervised fine-tuning of a causal LM (LoRA or full), with the loss on the answer only.
 
 The step is BackdoorLLM's recipe (AdamW, cosine schedule after a 10 % linear warm-up, gradient
-norm clipped to 1) made cheaper in three exact ways:
+norm clipped to 1) made cheaper in four ways that leave the step as it is, and one that changes
+only the random draws (the dropout masks):
 
 - batches come from length buckets and are padded to their own longest sequence;
 - the LM head (576 x 49k for SmolLM2) runs only where a token is predicted, i.e. on the answer,
   not on every prompt position: the loss is the same;
 - AdamW is the fused implementation;
-- the LoRA dropout masks come from :mod:`moebackdoor.dropout` (a quarter of the random draws);
+- the LoRA dropout masks come from :mod:`moebackdoor.dropout` (a quarter of the random draws;
+  ``fast=False`` keeps ``nn.Dropout``);
 - in bf16, the frozen linear weights are held in bf16 for the step (:func:`frozen_in`): autocast
   would otherwise cast every one of them to bf16 again in each forward pass (it caches casts
   only of weights that train), and the cast is the same rounding, so the step is unchanged.
