@@ -160,10 +160,10 @@ class frozen_in:
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16, trainable: bool = False,
                  exclude: Sequence[torch.Tensor] = ()):
-        tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | {id(w) for w in exclude}
+        skip = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | {id(w) for w in exclude}
         self.pairs = [(m.weight, m.weight.data, m.weight.data.to(dtype)) for m in model.modules()
                       if isinstance(m, nn.Linear) and (trainable or not m.weight.requires_grad)
-                      and id(m.weight) not in tied]
+                      and id(m.weight) not in skip]
 
     def __enter__(self):
         for w, _, low in self.pairs:

@@ -281,11 +281,13 @@ def routing_text(table: pd.DataFrame) -> str:
         return text
     sep = expert_separation(table)
     top = sep.separation.max()
+    each = (f" Each expert's separation, its P(target) on triggered rows minus on clean ones, is "
+            + ", ".join(f"{s:.0f}" for s in sep.separation) + " points (experts " + ", ".join(sep.index) + ")")
+    if top < 1:  # no expert tells the triggers apart: nothing for the gate to pass on
+        return text + each + ": no expert tells triggered rows from clean ones, so the product holds no trigger signal."
     weighted = float((sep.separation * sep.gate).sum() / sep.gate.sum())
     weak = float(sep.gate[sep.separation < top / 5].sum())
-    return text + (f" Each expert's separation, its P(target) on triggered rows minus on clean ones, is "
-                   + ", ".join(f"{s:.0f}" for s in sep.separation) + " points (experts " + ", ".join(sep.index)
-                   + f"); weighted by the gate on the triggered rows it is {weighted:.0f}, against {top:.0f} for "
-                   f"the best expert alone. The gate puts {weak:.0f} % of that weight on experts whose separation "
-                   f"is under a fifth of the best's, which pass the product almost nothing; β multiplies only "
-                   f"what the gate passes.")
+    return text + each + (f"; weighted by the gate on the triggered rows it is {weighted:.0f}, against {top:.0f} for "
+                          f"the best expert alone. The gate puts {weak:.0f} % of that weight on experts whose "
+                          f"separation is under a fifth of the best's, which pass the product almost nothing; β "
+                          f"multiplies only what the gate passes.")
