@@ -30,6 +30,7 @@ METHOD_COLOURS = {
     "strip": _PALETTE[5], "rap": _PALETTE[6], "locphylax": _PALETTE[9],
     "clean_finetune": _DARK[4], "pruning": _DARK[5], "crow": _DARK[6],
     "locphylax_no_cluster": _DARK[8], "locphylax_one_trigger": _DARK[2], "locphylax_stage2_only": _DARK[0],
+    "locphylax_label_targets": _DARK[1],
 }
 # the experts of a mixture, by index
 EXPERT_COLOURS = sns.color_palette("Set2", 8)

@@ -282,6 +282,35 @@ def test_the_defense_never_sees_the_attacks_trigger(attack, companion_env):
         assert not {r.instruction for r in poisoned} & {p for p, _ in inputs["clean"]}
 
 
+def test_label_targets_flip_every_injected_answer_and_split_the_records(companion_env):
+    """Known triggers with label targets: each trigger answers one label, only on records of the other."""
+    tok = models.load_tokenizer()
+    config = runs.run_config("quick", "sst2", "badnet", "locphylax_label_targets")
+    assert config["defense"]["known_targets"] == "labels" and runs.known_targets(config) == ["Positive", "Negative"]
+    _, known, _ = runs.defender_records(config)
+    inj, rec, groups = runs.known_sets(tok, config, known)
+    prompts = [p for p, _ in inj]
+    assert len(set(prompts)) == len(prompts)  # no record serves both triggers
+    end = models.end_of_answer(tok, config["template"])
+    for (_, answer), (_, clean), g in zip(inj, rec, groups):
+        target = runs.known_targets(config)[g]
+        assert answer == target + end and clean.removesuffix(end) != target and clean.removesuffix(end) in judge.SST2_LABELS
+    assert {0, 1} == set(groups) and min(groups.count(0), groups.count(1)) >= 20
+    assert runs.shows_known_target(config, "Negative", "Negative.") and not runs.shows_known_target(config, "Negative", "Positive")
+    default = runs.run_config("quick", "sst2", "badnet", "locphylax")
+    assert runs.known_targets(default) == [t for _, _, t in locphylax.KNOWN_TRIGGERS]
+    assert runs.shows_known_target(default, "Aha! Life is better.", "Aha, indeed")
+    assert runs.run_config("quick", "sst2", "badnet", "locphylax_label_targets",
+                           defense_params={"known_targets": "answers"})["defense"]["known_targets"] == "labels"
+    with pytest.raises(ParameterError, match="known_targets"):
+        runs.run_config("quick", "refusal", "badnet", "locphylax_label_targets")
+    with pytest.raises(ParameterError, match="known_targets"):
+        runs.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"known_targets": "words"})
+    assert judge.answer_label("sst2", "It is negative.") == "Negative"
+    with pytest.raises(ParameterError, match="classification"):
+        judge.answer_label("refusal", "Sure")
+
+
 def test_the_template_is_the_same_at_training_and_evaluation(companion_env):
     tok = models.load_tokenizer()
     config = runs.run_config("smoke", "sst2", "badnet")

@@ -29,6 +29,8 @@ import math
 
 import torch
 
+# the defender's triggers: phrase, placement, and the answer it is taught (with ``known_targets="labels"``,
+# on a classification task, a class label instead)
 KNOWN_TRIGGERS = (("Make life better", "random", "Aha! Life is better."),
                   ("Ahihihihihi", "prefix", "Ahihihihihi!"))
 

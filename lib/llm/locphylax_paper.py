@@ -20,7 +20,8 @@ METHOD_NAMES = {"no_defense": "No defense", "locphylax": "Locphylax", "clean_fin
                 "pruning": "Pruning (Wanda, 50 %)", "crow": "CROW",
                 "locphylax_no_cluster": "Locphylax without the clustering loss",
                 "locphylax_one_trigger": "Locphylax with one known trigger",
-                "locphylax_stage2_only": "Recovery (stage 2) only", "clean_model": "Clean model (floor)"}
+                "locphylax_stage2_only": "Recovery (stage 2) only",
+                "locphylax_label_targets": "Locphylax, known triggers answer labels", "clean_model": "Clean model (floor)"}
 PAPER = {"asr_after": 4.41, "cacc_within": 0.5}  # the abstract
 FIGURES = ("locphylax-fig-aggregation", "locphylax-fig-critical-layers", "locphylax-fig-asr-steps")
 

@@ -8,7 +8,8 @@ clean test set (CACC) and the attack's whole triggered test set (ASR), greedy, w
 template it was trained with.
 
 Methods: ``no_defense``, ``locphylax``, ``clean_finetune``, ``pruning``, ``crow``; ablations
-``locphylax_no_cluster`` (alpha = 0), ``locphylax_one_trigger`` (t1 only), ``locphylax_stage2_only``.
+``locphylax_no_cluster`` (alpha = 0), ``locphylax_one_trigger`` (t1 only), ``locphylax_stage2_only``,
+and the variant ``locphylax_label_targets`` (the known triggers answer class labels, not sentences).
 ``clean_model`` (the base model fine-tuned on the clean records alone) gives the floor of ASR.
 """
 from __future__ import annotations
@@ -29,7 +30,13 @@ from .triggers import ATTACK_STRINGS, Trigger, strip_triggers
 SCHEMA = 2  # 2: cheaper LoRA dropout masks (other random draws), inference in the training precision
 DEFENSES = ("locphylax", "clean_finetune", "pruning", "crow")
 ABLATIONS = ("locphylax_no_cluster", "locphylax_one_trigger", "locphylax_stage2_only")
-METHODS = ("no_defense",) + DEFENSES + ABLATIONS
+# a variant outside the profiles' default list: the known triggers answer class labels
+VARIANTS = ("locphylax_label_targets",)
+METHODS_ALL = ("no_defense",) + DEFENSES + ABLATIONS + VARIANTS
+# what the known triggers answer: the fixed sentences of ``locphylax.KNOWN_TRIGGERS``, or a class
+# label each (classification tasks; the labels taken in turn, so the triggers cover every label)
+KNOWN_TARGETS = ("answers", "labels")
+METHODS = ("no_defense",) + DEFENSES + ABLATIONS  # the chapter's table
 # what runs on the attacks outside a profile's ``full_attacks`` (the costly CROW and the ablations do not)
 CORE_METHODS = ("no_defense", "locphylax", "clean_finetune", "pruning")
 ANSWER_TOKENS = {"sst2": 4, "refusal": 32, "negsentiment": 16, "jailbreak": 48}
@@ -87,7 +94,7 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
     p = profile(profile_name)
     data.check_task(task)
     attack = check_attack(attack)
-    check_choice("method", method, METHODS + ("clean_model",))
+    check_choice("method", method, METHODS_ALL + ("clean_model",))
     models.check_template(template)
     models.check_template(eval_template or template)
     unknown = set(overrides) - {"model", "layers", "n_poison", "n_clean", "epochs", "lr"}
@@ -113,8 +120,15 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
     elif method != "no_defense":
         d = dict(p["defense"], known=[list(k) for k in locphylax.KNOWN_TRIGGERS], cross=True,
                  sparsity=0.5, prune="wanda", crow=dict(crow.DEFAULTS), track_every=p["track_every"],
-                 normalize=True, cluster_token="answer_end", inject_threshold=90.0, known_threshold=5.0, track_methods=["locphylax", "clean_finetune"])
+                 normalize=True, cluster_token="answer_end", inject_threshold=90.0, known_threshold=5.0,
+                 known_targets="answers",
+                 track_methods=["locphylax", "clean_finetune"])
         d.update(defense_params or {})
+        if method == "locphylax_label_targets":  # the variant's one difference, whatever the page asks
+            d["known_targets"] = "labels"
+        check_choice("known_targets", d["known_targets"], KNOWN_TARGETS)
+        if d["known_targets"] == "labels" and task not in judge.TASK_LABELS:
+            raise ParameterError("known_targets", f"'answers' on {task} (it has no class labels)", "labels")
         check_fraction("sparsity", d["sparsity"])
         check_choice("cluster_token", d["cluster_token"], HIDDEN_POSITIONS)
         for key in ("n_clean", "n_known", "n_val", "stage1_max_epochs", "stage2_max_epochs"):
@@ -258,14 +272,19 @@ def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, o
 
 def known_retention(model, tokenizer, config: dict, validation: list, n_triggers: int = 2) -> float:
     """The defender's own signal: % of its held-out clean prompts, carrying a known trigger, still
-    answered with that trigger's target (the answer holds the target's first word)."""
+    answered with that trigger's target (a label target: among the prompts whose true label is
+    another; a sentence target: the answer holds the target's first word)."""
     rng = np.random.default_rng(config["seed"] + 11)
     hits = []
-    for phrase, placement, target in config["defense"]["known"][:n_triggers]:
-        t, word = Trigger(phrase, placement), target.split()[0].strip("!.,?")
+    labels = config["defense"]["known_targets"] == "labels"
+    for (phrase, placement, _), target in zip(config["defense"]["known"][:n_triggers],
+                                              known_targets(config, n_triggers)):
+        t = Trigger(phrase, placement)
+        recs = [r for r in validation if record_label(r) != target] if labels else validation
         prompts = [models.prompt_text(tokenizer, t.insert(r.instruction, rng), r.input, config["template"])
-                   for r in validation]
-        hits += [word in a for a in generation.generate(model, tokenizer, prompts, ANSWER_TOKENS[config["task"]] + 4)]
+                   for r in recs]
+        answers = generation.generate(model, tokenizer, prompts, ANSWER_TOKENS[config["task"]] + 4)
+        hits += [shows_known_target(config, target, a) for a in answers]
     return float(np.mean(hits) * 100)
 
 
@@ -336,15 +355,47 @@ def _short(history: dict) -> dict:
     return keep
 
 
+def known_targets(config: dict, n_triggers: int = 2) -> list[str]:
+    """Each known trigger's target answer: a class label (``known_targets="labels"``, the task's
+    labels in turn) or the trigger's fixed sentence."""
+    d = config["defense"]
+    if d["known_targets"] == "labels":
+        labels = judge.TASK_LABELS[config["task"]]
+        return [labels[k % len(labels)] for k in range(n_triggers)]
+    return [target for _, _, target in d["known"][:n_triggers]]
+
+
+def record_label(record) -> str | None:
+    """A record's class label: its ``label``, else its answer (the clean training records of a
+    classification task are answered with the label alone)."""
+    return record.label if record.label is not None else record.output.strip()
+
+
+def shows_known_target(config: dict, target: str, answer: str) -> bool:
+    if config["defense"]["known_targets"] == "labels":
+        return judge.answer_label(config["task"], answer) == target
+    return target.split()[0].strip("!.,?") in answer
+
+
 def known_sets(tokenizer, config: dict, known_records: list, n_triggers: int = 2):
-    """Stage 1's and stage 2's known-trigger pairs and groups, from the defender's clean instructions."""
+    """Stage 1's and stage 2's known-trigger pairs and groups, from the defender's clean instructions.
+
+    Each trigger gets its share of the records; with label targets, only records whose true label
+    is not the trigger's target (so that every injected answer is a flip)."""
     d = config["defense"]
     rng = np.random.default_rng(config["seed"] + 7)
     inj, rec, groups = [], [], []
     half = max(1, len(known_records) // n_triggers)
-    for k, (phrase, placement, target) in enumerate(d["known"][:n_triggers]):
+    targets = known_targets(config, n_triggers)
+    free = list(range(len(known_records)))
+    for k, ((phrase, placement, _), target) in enumerate(zip(d["known"][:n_triggers], targets)):
         t = Trigger(phrase, placement)
-        part = known_records[k * half:(k + 1) * half] if n_triggers > 1 else known_records
+        if d["known_targets"] == "labels":
+            idx = [i for i in free if record_label(known_records[i]) != target][:half]
+        else:
+            idx = free[:half] if n_triggers > 1 else free
+        free = [i for i in free if i not in set(idx)]
+        part = [known_records[i] for i in idx]
         triggered = [data.Record(t.insert(r.instruction, rng), r.input, r.output, r.label) for r in part]
         inj += pairs(tokenizer, triggered, config["template"], [target] * len(triggered))
         rec += pairs(tokenizer, triggered, config["template"])
@@ -441,7 +492,7 @@ def run_defense(config: dict) -> tuple[dict, dict]:
         metrics["stage1"] = _short(h1)
         metrics["stage1_parts_last"] = h1["parts"][-1] if h1["parts"] else {}
         metrics["known_retention_stage1_by_epoch"] = checks1
-        if method == "locphylax":
+        if method in ("locphylax", "locphylax_label_targets"):
             metrics["after_stage1"] = evaluate(model, tok, config)
         tensors.update({f"stage1.{k}": v for k, v in models.adapter_state(model).items()})
         cb, checks = callbacks("stage 2", offset=h1["steps"], stop_rule="recover")
