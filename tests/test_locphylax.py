@@ -31,3 +31,13 @@ def test_claims_on_hand_made_results():
     assert h["asr_before"] == 90.0 and h["asr_after"] == 15.0 and h["cacc_change"] == -1.0
     claims = locphylax_paper.claims_table(table).set_index("claim").holds
     assert list(claims) == ["yes", "yes", "no", "yes", "no", "yes"]
+
+
+def test_the_label_target_variant_runs_at_smoke(companion_env):
+    """The opt-in variant trains both stages and keeps the defender's label-aware checks."""
+    config = runs.run_config("smoke", "sst2", "badnet", "locphylax_label_targets")
+    m = runs.results([config])[0].metrics
+    assert m["steps_used"] == m["stage1"]["steps"] + m["stage2"]["steps"] > 0
+    for key in ("known_retention_stage1_by_epoch", "known_retention_stage2_by_epoch"):
+        assert m[key] and all(0 <= v <= 100 for v in m[key])
+    assert 0 <= m["after_stage1"]["asr"] <= 100 and 0 <= m["asr"] <= 100
