@@ -372,6 +372,7 @@ def record_label(record) -> str | None:
 
 
 def shows_known_target(config: dict, target: str, answer: str) -> bool:
+    """Whether ``answer`` gives a known trigger's target: its label, or its sentence's first word."""
     if config["defense"]["known_targets"] == "labels":
         return judge.answer_label(config["task"], answer) == target
     return target.split()[0].strip("!.,?") in answer
