@@ -41,3 +41,15 @@ def test_the_label_target_variant_runs_at_smoke(companion_env):
     for key in ("known_retention_stage1_by_epoch", "known_retention_stage2_by_epoch"):
         assert m[key] and all(0 <= v <= 100 for v in m[key])
     assert 0 <= m["after_stage1"]["asr"] <= 100 and 0 <= m["asr"] <= 100
+
+
+def test_seed_spread_on_hand_made_runs():
+    from types import SimpleNamespace as NS
+    cfg = lambda m, s: {"task": "sst2", "attack": "badnet", "method": m, "seed": s}  # noqa: E731
+    done = [NS(config=cfg("locphylax", 0), metrics={"asr": 60.0}), NS(config=cfg("locphylax", 1), metrics={"asr": 40.0}),
+            NS(config=cfg("clean_finetune", 0), metrics={"asr": 50.0}), NS(config=cfg("clean_finetune", 1), metrics={"asr": 50.0})]
+    t = locphylax_paper.seed_spread(done)
+    row = t.loc[("sst2 badnet", "Locphylax")]
+    assert list(t.columns) == ["seed 0", "seed 1", "mean", "sd"]
+    assert row["mean"] == 50.0 and row["sd"] == round(200 ** 0.5, 1)  # sd of 60, 40 with ddof 1
+    assert t.loc[("sst2 badnet", "Clean fine-tuning"), "sd"] == 0.0

@@ -57,6 +57,18 @@ def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.
     return out
 
 
+def seed_spread(runs) -> pd.DataFrame:
+    """ASR per seed, with its mean and standard deviation, one row per attack and method."""
+    t = pd.DataFrame([{"attack": f"{r.config['task']} {_attack(r.config['attack'])}",
+                       "method": METHOD_NAMES.get(r.config["method"], r.config["method"]),
+                       "seed": r.config["seed"], "asr": r.metrics["asr"]} for r in runs])
+    out = t.pivot_table(index=["attack", "method"], columns="seed", values="asr", sort=False)
+    out.columns = [f"seed {c}" for c in out.columns]
+    values = out.copy()
+    out["mean"], out["sd"] = values.mean(axis=1), values.std(axis=1, ddof=1)
+    return out.round(1)
+
+
 def headline(table: pd.DataFrame) -> dict:
     """Our averages over the attacks: Locphylax's ASR and its CACC change against No defense."""
     t = table.set_index(["task", "attack", "method"])
