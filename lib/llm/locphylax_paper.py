@@ -64,9 +64,7 @@ def seed_spread(runs) -> pd.DataFrame:
                        "seed": r.config["seed"], "asr": r.metrics["asr"]} for r in runs])
     out = t.pivot_table(index=["attack", "method"], columns="seed", values="asr", sort=False)
     out.columns = [f"seed {c}" for c in out.columns]
-    values = out.copy()
-    out["mean"], out["sd"] = values.mean(axis=1), values.std(axis=1, ddof=1)
-    return out.round(1)
+    return out.assign(mean=out.mean(axis=1), sd=out.std(axis=1, ddof=1)).round(1)
 
 
 def headline(table: pd.DataFrame) -> dict:

@@ -30,13 +30,13 @@ from .triggers import ATTACK_STRINGS, Trigger, strip_triggers
 SCHEMA = 2  # 2: cheaper LoRA dropout masks (other random draws), inference in the training precision
 DEFENSES = ("locphylax", "clean_finetune", "pruning", "crow")
 ABLATIONS = ("locphylax_no_cluster", "locphylax_one_trigger", "locphylax_stage2_only")
+METHODS = ("no_defense",) + DEFENSES + ABLATIONS  # the chapter's table
 # a variant outside the profiles' default list: the known triggers answer class labels
 VARIANTS = ("locphylax_label_targets",)
-METHODS_ALL = ("no_defense",) + DEFENSES + ABLATIONS + VARIANTS
+METHODS_ALL = METHODS + VARIANTS
 # what the known triggers answer: the fixed sentences of ``locphylax.KNOWN_TRIGGERS``, or a class
 # label each (classification tasks; the labels taken in turn, so the triggers cover every label)
 KNOWN_TARGETS = ("answers", "labels")
-METHODS = ("no_defense",) + DEFENSES + ABLATIONS  # the chapter's table
 # what runs on the attacks outside a profile's ``full_attacks`` (the costly CROW and the ablations do not)
 CORE_METHODS = ("no_defense", "locphylax", "clean_finetune", "pruning")
 ANSWER_TOKENS = {"sst2": 4, "refusal": 32, "negsentiment": 16, "jailbreak": 48}
@@ -395,7 +395,8 @@ def known_sets(tokenizer, config: dict, known_records: list, n_triggers: int = 2
             idx = [i for i in free if record_label(known_records[i]) != target][:half]
         else:
             idx = free[:half] if n_triggers > 1 else free
-        free = [i for i in free if i not in set(idx)]
+        taken = set(idx)
+        free = [i for i in free if i not in taken]
         part = [known_records[i] for i in idx]
         triggered = [data.Record(t.insert(r.instruction, rng), r.input, r.output, r.label) for r in part]
         inj += pairs(tokenizer, triggered, config["template"], [target] * len(triggered))
