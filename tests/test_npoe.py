@@ -1,4 +1,5 @@
 """Chapter 3 at smoke: the notebook executes through papermill, and its table has the agreed shape."""
+import numpy as np
 import pandas as pd
 import pytest
 from papermill.exceptions import PapermillExecutionError
@@ -49,7 +50,9 @@ def test_figure_runs_vary_one_setting_each():
 class _Run:
     def __init__(self, config):
         beta = config["poe"]["beta"]  # beta 4 is the most accurate candidate, none passes the cut-off
-        self.config, self.metrics = config, {"pseudo_dev": {"clean_small_acc": 80.0 - abs(beta - 4), "detected_rate": 0.1}}
+        signals = {"detected_rate": 0.1, "pseudo_asr": None}
+        self.config, self.metrics = config, {"pseudo_dev": {"clean_small_acc": 80.0 - abs(beta - 4), "detected_rate": 0.1,
+                                                            "code": signals}}
 
 
 def test_beta_is_selected_at_the_selection_scale_and_the_choice_retrained_at_the_tables(monkeypatch):
@@ -65,6 +68,9 @@ def test_beta_is_selected_at_the_selection_scale_and_the_choice_retrained_at_the
     smoke = runs.run_config("smoke", "sst2", "mix4", "npoe")
     chosen, candidates, k = runs.select_npoe(smoke, betas=[1.0, 2.0, 4.0])
     assert len(trained) == 1 and chosen is candidates[k] and chosen.config == runs.with_beta(smoke, 4.0)
+    assert runs.select_npoe(smoke, betas=[1.0, 2.0, 4.0], rule="paper")[2] == k
+    with pytest.raises(ParameterError, match="parameter `select_rule`"):
+        runs.select_npoe(smoke, rule="authors")
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -115,3 +121,17 @@ def test_claims_are_computed_from_our_numbers():
     assert "60.0 → 40.0" in claims.ours.iloc[-1]
     worse = npoe_paper.results_table(runs_[:3] + [FakeRun("npoe", 46.0, 82.0)])
     assert npoe_paper.claims_table(worse, {})["holds here"].tolist() == ["no", "yes", "no"]
+
+
+def test_selection_table_marks_each_rules_pick_and_the_tables_row():
+    class R:
+        def __init__(self, beta, acc, code_d, code_pasr, paper_d):
+            self.config = {"poe": {"beta": beta}}
+            self.metrics = {"pseudo_dev": {"clean_small_acc": acc, "detected_rate": paper_d, "pseudo_asr": 0.0,
+                                           "code": {"detected_rate": code_d, "pseudo_asr": code_pasr}}}
+    # code: beta 4 is good (82 > 80, 0.4 in the window); paper: none passes 85, the most accurate (beta 8, 84)
+    cands = [R(1.0, 78, 0.4, 0.2, 0.1), R(4.0, 82, 0.4, 0.3, 0.0), R(8.0, 84, 0.01, None, 0.0)]
+    t = npoe_paper.selection_table({("sst2", "mix3", 0): (cands, 1, cands[1])})
+    assert t["code's pick"].tolist() == ["", "✓", ""] and t["paper's pick"].tolist() == ["", "", "✓"]
+    assert t["table's row"].tolist() == ["", "✓", ""]
+    assert np.isnan(t["code: pseudo-ASR"].iloc[2])

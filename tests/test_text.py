@@ -116,6 +116,24 @@ def test_pseudo_dev_rule_on_hand_made_confidences():
     assert poe.pseudo_dev_mask(main, experts, labels, main_below=0.75).tolist() == [True, True, True, False]
 
 
+def test_the_authors_code_rule_reads_raw_logits_and_mixes_probabilities_arithmetically():
+    # two experts, gate weights 0.75 / 0.25: row 0's mixture at label 1 is 0.75 * 0.9 + 0.25 * 0.7 = 0.85
+    probs = torch.tensor([[[0.1, 0.9], [0.1, 0.9], [0.5, 0.5]], [[0.3, 0.7], [0.9, 0.1], [0.5, 0.5]]])
+    gates = torch.tensor([[0.75, 0.25], [0.5, 0.5], [0.0, 1.0]])
+    mix = poe.arithmetic_mixture(probs, gates)
+    torch.testing.assert_close(mix[:, 1], torch.tensor([0.85, 0.5, 0.5]))
+    # raw logits at label 1: 0.5 (< 0.6, flagged), 3.0 (not); row 1's mixture 0.5 is below 0.8
+    logits = torch.tensor([[0.2, 0.5], [-3.0, 3.0], [0.0, 0.0]])
+    labels = torch.tensor([1, 1, 1])
+    assert poe.pseudo_dev_mask_code(logits, mix, labels).tolist() == [True, False, False]
+    # a logit of 0.7 at the label (probability 0.52): the paper's reading flags it, the code does not
+    assert poe.pseudo_dev_mask_code(torch.tensor([[0.6, 0.7]]), torch.tensor([[0.1, 0.9]]), labels[:1]).tolist() == [False]
+    assert poe.pseudo_dev_mask(torch.softmax(torch.tensor([[0.6, 0.7]]), -1), torch.tensor([[0.1, 0.9]]),
+                               labels[:1]).tolist() == [True]
+    # the boundary: the code flags experts at exactly B (>=), the paper's reading only above it
+    assert poe.pseudo_dev_mask_code(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.2, 0.8]]), labels[:1]).tolist() == [True]
+
+
 def test_bad_input_fails_with_the_problem_named(tmp_path, monkeypatch):
     with pytest.raises(ParameterError, match="trigger"):
         triggers.check_trigger("cf")
@@ -197,6 +215,19 @@ def test_pseudo_dev_selection_follows_the_authors_rule():
     assert poe.select_by_pseudo_dev([c(0.4, 84)], "offenseval") == 0  # OffensEval's cut-off is 80
     with pytest.raises(ValueError):
         poe.select_by_pseudo_dev([], "sst2")
+    # the code rule: its own signals, and the cut-off of the authors' "good" record (80 for every dataset)
+    k = lambda d, acc, pasr, paper_d=0.0: {"detected_rate": paper_d, "clean_small_acc": acc, "pseudo_asr": 0.0,
+                                          "code": {"detected_rate": d, "pseudo_asr": pasr}}
+    cands = [k(0.4, 82, 0.3), k(0.45, 84, 0.2), k(0.35, 86, 0.1, paper_d=0.4)]
+    assert poe.select_by_pseudo_dev(cands, "sst2", "code") == 2
+    assert poe.select_by_pseudo_dev(cands[:2], "sst2", "code") == 1  # 82 and 84 pass 80 (not SST-2's 85)
+    assert poe.select_by_pseudo_dev(cands[:2], "sst2", "paper") == 1  # none good: the more accurate
+    # too few flagged rows for a pseudo-ASR (None): not good, whatever its detected rate
+    assert poe.select_by_pseudo_dev([k(0.4, 90, None), k(0.2, 85, 0.5)], "sst2", "code") == 0  # nearest the window
+    with pytest.raises(ValueError, match="code rule"):
+        poe.select_by_pseudo_dev([{"detected_rate": 0.4, "clean_small_acc": 90}], "sst2", "code")
+    with pytest.raises(ValueError, match="rule"):
+        poe.select_by_pseudo_dev(cands, "sst2", "authors")
 
 
 def test_routing_groups_rows_by_trigger_and_averages_by_hand():

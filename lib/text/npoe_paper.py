@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import style
+from . import poe
 
 
 TABLE_ID = "npoe-results"
@@ -219,16 +220,27 @@ def scale_table(config: dict, fig_config: dict | None, seeds, onion_n_test, bki_
 
 
 def selection_table(selections: dict) -> pd.DataFrame:
-    """NPoE's pseudo-dev selection: each candidate β with its signals, and the one chosen."""
+    """NPoE's pseudo-dev selection: each candidate β with the signals of both rules (the authors'
+    code's and the paper's as we read it), the β each rule picks, and the one the table used."""
+    def r3(v):
+        return float("nan") if v is None else round(v, 3)
+
     rows = []
     for (ds, setting, seed), (candidates, chosen, *_) in selections.items():
-        for k, r in enumerate(candidates):
-            pd_ = r.metrics["pseudo_dev"]
+        signals = [r.metrics["pseudo_dev"] for r in candidates]
+        picks = {rule: poe.select_by_pseudo_dev(signals, ds, rule) for rule in poe.PSEUDO_DEV_RULES
+                 if rule == "paper" or all("code" in s for s in signals)}
+        for k, (r, s) in enumerate(zip(candidates, signals)):
+            code = s.get("code", {})
             rows.append({"dataset": ds, "setting": setting, "seed": seed, "β": r.config["poe"]["beta"],
-                         "clean-small accuracy (%)": pd_["clean_small_acc"],
-                         "detected rate": round(pd_["detected_rate"], 3),
-                         "pseudo-ASR": round(pd_.get("pseudo_asr", float("nan")), 3),
-                         "chosen": "✓" if k == chosen else ""})
+                         "clean-small accuracy (%)": s["clean_small_acc"],
+                         "code: detected rate": r3(code.get("detected_rate")),
+                         "code: pseudo-ASR": r3(code.get("pseudo_asr")),
+                         "paper: detected rate": r3(s["detected_rate"]),
+                         "paper: pseudo-ASR": r3(s.get("pseudo_asr")),
+                         "code's pick": "✓" if picks.get("code") == k else "",
+                         "paper's pick": "✓" if picks["paper"] == k else "",
+                         "table's row": "✓" if k == chosen else ""})
     return pd.DataFrame(rows).set_index(["dataset", "setting", "seed", "β"]) if rows else None
 
 

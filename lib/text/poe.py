@@ -75,30 +75,61 @@ def pseudo_dev_mask(main_probs: torch.Tensor, mixture_probs: torch.Tensor, label
     return (r < main_below) & (q > experts_above)
 
 
-# the authors' clean-small accuracy cut-offs per dataset (their code), and the detected-rate window
+def arithmetic_mixture(expert_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_j g_j b_j: the experts' probabilities mixed arithmetically ([k, B, C], [B, k] -> [B, C]),
+    as the authors' code computes the experts' confidence for its pseudo-dev set."""
+    return torch.einsum("kbc,bk->bc", expert_probs.float(), weights.float())
+
+
+def pseudo_dev_mask_code(main_logits: torch.Tensor, expert_probs: torch.Tensor, labels: torch.Tensor,
+                         main_below: float = 0.6, experts_above: float = 0.8) -> torch.Tensor:
+    """The authors' code's pseudo-poisoned samples: the main model's *raw logit* at the label
+    below R and the arithmetic mixture of the experts' probabilities (:func:`arithmetic_mixture`)
+    at the label at least B (their ``thre_main_high`` 0.6, ``pseudo_dev_thre_high`` 0.8)."""
+    r = main_logits.float().gather(-1, labels[:, None])[:, 0]
+    q = expert_probs.gather(-1, labels[:, None])[:, 0]
+    return (r < main_below) & (q >= experts_above)
+
+
+# the pseudo-dev rules: "paper" (our reading of the paper's formula: probabilities, the product
+# mixture) and "code" (the authors' code: the main model's raw logit, the arithmetic mixture)
+PSEUDO_DEV_RULES = ("paper", "code")
+# the authors' clean-small accuracy cut-offs per dataset (their code's ``detect`` record; the
+# "paper" rule's), the cut-off of their code's "good" configurations (the "code" rule's), and
+# the detected-rate window
 CLEAN_SMALL_CUTOFF = {"sst2": 85.0, "offenseval": 80.0, "trec": 90.0, "hatespeech": 80.0}
+CODE_GOOD_CUTOFF = 80.0
 DETECTED_WINDOW = (0.3, 0.5)
 
 
-def select_by_pseudo_dev(candidates: list[dict], dataset: str) -> int:
+def select_by_pseudo_dev(candidates: list[dict], dataset: str, rule: str = "paper") -> int:
     """The index of the configuration NPoE's pseudo-dev rule picks, from each candidate's
-    ``detected_rate`` (the share of training samples flagged by :func:`pseudo_dev_mask`) and
+    ``detected_rate`` (the share of training samples flagged as pseudo-poisoned) and
     ``clean_small_acc`` (the main model on 100 clean sentences, %): no test data.
 
-    A candidate is *good* if its clean-small accuracy passes the dataset's cut-off and its
-    detected rate lies in (0.3, 0.5), the authors' rule. Among good ones the lowest
-    ``pseudo_asr`` (the main model's agreement with the labels of the flagged samples) wins;
-    with none good, the candidate whose detected rate lies nearest the window among those
-    passing the cut-off (or, with none passing, the most accurate one).
+    ``rule="paper"`` reads the signals flagged by :func:`pseudo_dev_mask` and uses the dataset's
+    cut-off; ``rule="code"`` reads each candidate's ``code`` signals (:func:`pseudo_dev_mask_code`)
+    and the authors' "good" cut-off, 80 %. A candidate is *good* if its clean-small accuracy
+    passes the cut-off and its detected rate lies in (0.3, 0.5), the authors' rule. Among good
+    ones the lowest ``pseudo_asr`` (the main model's agreement with the labels of the flagged
+    samples) wins; with none good, the candidate whose detected rate lies nearest the window
+    among those passing the cut-off (or, with none passing, the most accurate one).
     """
+    if rule not in PSEUDO_DEV_RULES:
+        raise ValueError(f"rule must be one of {PSEUDO_DEV_RULES}, got {rule!r}")
     if not candidates:
         raise ValueError("no candidate to select from")
-    cutoff = CLEAN_SMALL_CUTOFF.get(dataset, 80.0)
+    if rule == "code":
+        if any("code" not in c for c in candidates):
+            raise ValueError("a candidate lacks the code rule's signals (trained before they were recorded: retrain it)")
+        candidates = [c["code"] | {"clean_small_acc": c["clean_small_acc"]} for c in candidates]
+    cutoff = CODE_GOOD_CUTOFF if rule == "code" else CLEAN_SMALL_CUTOFF.get(dataset, 80.0)
     lo, hi = DETECTED_WINDOW
     passing = [i for i, c in enumerate(candidates) if c["clean_small_acc"] > cutoff]
-    good = [i for i in passing if lo < candidates[i]["detected_rate"] < hi]
+    good = [i for i in passing if lo < candidates[i]["detected_rate"] < hi
+            and (candidates[i].get("pseudo_asr") is not None)]
     if good:
-        return min(good, key=lambda i: (candidates[i].get("pseudo_asr", 0.0), i))
+        return min(good, key=lambda i: (candidates[i]["pseudo_asr"], i))
     if passing:
         distance = lambda d: max(lo - d, d - hi, 0.0)
         return min(passing, key=lambda i: (distance(candidates[i]["detected_rate"]), i))

@@ -30,7 +30,7 @@ from .models import DEFAULT_ENCODER, HiddenGate, TextClassifier, load_classifier
 from .poisoning import SETTINGS, check_setting, poison_training_set, pretrain_set, setting_rates, triggered_test_set
 from .training import PoE, Recipe, Tokenized, autocast, gate_logits, pretrain_expert, train_classifier, train_poe
 
-SCHEMA = 2  # bump when a change to the code invalidates cached runs
+SCHEMA = 3  # bump when a change to the code invalidates cached runs
 TRAINED = ("no_defense", "benign", "dpoe", "npoe")
 DEFENSES = ("onion", "bki", "strip", "rap")
 METHODS = TRAINED + DEFENSES
@@ -40,6 +40,9 @@ DEFENSE_PARAMS = {"onion": {"threshold": 0.0, "precision": "auto"}, "bki": {"top
                   "rap": {"rap_word": "cf", "epochs": 5, "lr": 1e-2, "prob_range": [-0.1, -0.3], "frr": 0.01}}
 # the authors' expert pre-training order: expert b gets set b mod 4
 EXPERT_ORDER = ("insertsent", "syntactic", "badnet", "style")
+# NPoE's pseudo-dev rule: the authors' code (the primary source, on whose signals its thresholds
+# were set; the paper's text could not be obtained), or "paper", the formula as summaries give it
+SELECT_RULE = "code"
 # what NPoE's gate reads: the text (its own shallow encoder, the paper) or the main model's
 # [CLS] state (the authors' --gate_on_hidden)
 GATE_INPUTS = ("text", "hidden")
@@ -190,13 +193,15 @@ def selection_configs(config: dict, betas=None) -> list[dict]:
     return [with_beta(config, b) for b in betas]
 
 
-def select_npoe(config: dict, force: bool = False, executor=None, betas=None):
+def select_npoe(config: dict, force: bool = False, executor=None, betas=None, rule: str = SELECT_RULE):
     """Train NPoE at each β of the grid and pick one by the pseudo-dev rule (no test data):
     ``(chosen run, every candidate run, index of the chosen)``. Where the candidates ran at a
-    smaller scale (``select_scale``), the chosen β is then trained at ``config``'s."""
+    smaller scale (``select_scale``), the chosen β is then trained at ``config``'s. ``rule``:
+    the authors' code's signals (``"code"``) or the paper's formula as we read it (``"paper"``)."""
+    check_choice("select_rule", rule, poe.PSEUDO_DEV_RULES)
     configs = selection_configs(config, betas)
     candidates = results(configs, force=force, executor=executor)
-    chosen = poe.select_by_pseudo_dev([r.metrics["pseudo_dev"] for r in candidates], config["dataset"])
+    chosen = poe.select_by_pseudo_dev([r.metrics["pseudo_dev"] for r in candidates], config["dataset"], rule)
     final = with_beta(config, configs[chosen]["poe"]["beta"])
     run = candidates[chosen] if final == configs[chosen] else results([final], force=force, executor=executor)[0]
     return run, candidates, chosen
@@ -324,10 +329,12 @@ def _experts(config: dict, tokenizer, recipe: Recipe):
 @torch.no_grad()
 def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, batch_size: int = 64):
     """NPoE's model-selection signals on the training set: the share flagged pseudo-poisoned
-    (r_y < R and q_y > B), and the main model's accuracy on 100 clean dev sentences; and the
+    (r_y < R and q_y > B) and the main model's agreement with their labels, both as we read the
+    paper and (``code``) as the authors' code computes them, and the main model's accuracy on
+    100 clean dev sentences; and the
     per-row outputs (main model, mixture, gate weights, each expert's probabilities) for :func:`routing`."""
     cfg = PoE(**config["poe"])
-    r_all, q_all, g_all, b_all = [], [], [], []
+    r_all, q_all, g_all, b_all, logit_all = [], [], [], [], []
     order = np.argsort(data.lengths, kind="stable")  # similar lengths together: less padding
     for start in range(0, len(data), batch_size):
         idx = order[start:start + batch_size]
@@ -337,21 +344,36 @@ def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, ba
             weights = poe.gate_weights(gate_logits(gate, batch, out, len(idx)), cfg.top_k, cfg.gate_mask) \
                 if gate is not None else torch.ones(len(idx), 1)
             expert_logits = torch.stack([e(**batch).logits for e in experts]).float()
+        logit_all.append(out.logits.float())
         r_all.append(torch.softmax(out.logits.float(), -1))
         q_all.append(torch.softmax(poe.expert_mixture(expert_logits, weights), -1))
         g_all.append(weights)
         b_all.append(torch.softmax(expert_logits, -1))
     back = torch.as_tensor(np.argsort(order))  # rows back in the data's order
     r, q = torch.cat(r_all)[back], torch.cat(q_all)[back]
+    gates, experts_p = torch.cat(g_all)[back], torch.cat(b_all, 1)[:, back]
     flagged = poe.pseudo_dev_mask(r, q, data.labels)
     agree = r.argmax(-1) == data.labels
+    # the authors' code: raw logit, arithmetic mixture; its pseudo-ASR needs more flagged rows
+    # than 3 % of the batches (else -1 there, None here), and it also reports a pseudo clean
+    # accuracy on rows the experts doubt (< 0.7) and the main model backs (raw logit > 0.8)
+    logits = torch.cat(logit_all)[back]
+    mix = poe.arithmetic_mixture(experts_p, gates)
+    code_flagged = poe.pseudo_dev_mask_code(logits, mix, data.labels)
+    labels = data.labels[:, None]
+    trusted = (mix.gather(-1, labels)[:, 0] < 0.7) & (logits.gather(-1, labels)[:, 0] > 0.8)
+    n_batches = -(-len(data) // config["recipe"]["batch_size"])
+    code = {"detected_rate": float(code_flagged.float().mean()),
+            "pseudo_asr": float(agree[code_flagged].float().mean())
+            if int(code_flagged.sum()) > int(0.03 * n_batches) else None,
+            "pseudo_acc": float(agree[trusted].float().mean()) if int(trusted.sum()) > int(0.1 * n_batches) else None}
     dev = load_split(config["dataset"], "dev")
     small = dev.subset(np.random.default_rng(0).permutation(len(dev))[:100])
     clf = TextClassifier(main, tokenizer, config["recipe"]["max_length"])
     signals = {"detected_rate": float(flagged.float().mean()),
                "pseudo_asr": float(agree[flagged].float().mean()) if flagged.any() else 0.0,
-               "clean_small_acc": accuracy(clf.predict(small.sentences), small.labels)}
-    return signals, {"main": r, "mixture": q, "gate": torch.cat(g_all)[back], "experts": torch.cat(b_all, 1)[:, back]}
+               "clean_small_acc": accuracy(clf.predict(small.sentences), small.labels), "code": code}
+    return signals, {"main": r, "mixture": q, "gate": gates, "experts": experts_p}
 
 
 def routing(outputs: dict, poison_idx: dict, clean_labels: np.ndarray, target: int) -> dict:
