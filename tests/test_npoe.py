@@ -135,3 +135,6 @@ def test_selection_table_marks_each_rules_pick_and_the_tables_row():
     assert t["code's pick"].tolist() == ["", "✓", ""] and t["paper's pick"].tolist() == ["", "", "✓"]
     assert t["table's row"].tolist() == ["", "✓", ""]
     assert np.isnan(t["code: pseudo-ASR"].iloc[2])
+    text = npoe_paper.selection_text(t)
+    assert "the code rule picks β 4;" in text and "the paper rule picks β 8 (no candidate's detected rate" in text
+    assert "its highest was 0.100" in text and "agree" not in text

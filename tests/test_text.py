@@ -267,6 +267,9 @@ def test_expert_separation_and_the_gate_weighted_routing_text_by_hand():
     assert sep.gate.tolist() == pytest.approx([20.0, 80.0])
     text = routing_text(table)
     assert "it is 16, against 80" in text and "puts 80 % of that weight" in text
+    assert "by more than 0.0 points: the gate does not route by input" in text
+    table.loc["clean", ["gate → 1 (a)", "gate → 2 (b)"]] = [5.0, 95.0]  # clean rows sent elsewhere
+    assert "by more than 15.0 points: the gate routes by input" in routing_text(table)
 
 
 def test_plain_rdrop_loss_is_cross_entropy_plus_the_kl_of_two_passes():

@@ -244,6 +244,29 @@ def selection_table(selections: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["dataset", "setting", "seed", "β"]) if rows else None
 
 
+def selection_text(table: pd.DataFrame) -> str:
+    """What the selection table shows, in words: each rule's pick, and whether any candidate
+    reached the detected-rate window (else the rule fell back to clean-small accuracy)."""
+    if table is None:
+        return ""
+    lo, hi = poe.DETECTED_WINDOW
+    out = []
+    for (ds, setting, seed), t in table.groupby(level=["dataset", "setting", "seed"], sort=False):
+        betas = t.index.get_level_values("β")
+        picks = {rule: betas[t[f"{rule}'s pick"] == "✓"] for rule in poe.PSEUDO_DEV_RULES if f"{rule}'s pick" in t}
+        parts = []
+        for rule, b in picks.items():
+            d = t[f"{rule}: detected rate"]
+            reached = ((d > lo) & (d < hi)).any()
+            parts.append(f"the {rule} rule picks β {b[0]:g}"
+                         + ("" if reached else f" (no candidate's detected rate reached ({lo:g}, {hi:g}): "
+                                               f"its highest was {d.max():.3f}, so clean-small accuracy decided)"))
+        same = len({b[0] for b in picks.values()}) == 1
+        out.append(f"{ds}, {setting}, seed {seed}: " + "; ".join(parts)
+                   + (". Both rules agree." if same and len(picks) > 1 else "."))
+    return " ".join(out)
+
+
 def routing_table(run) -> pd.DataFrame | None:
     """Where NPoE's gate sends each kind of non-target training row (``runs.routing``): the gate's
     mean weight on each expert, each expert's and the mixture's mean probability of the target,
@@ -297,6 +320,11 @@ def routing_text(table: pd.DataFrame) -> str:
             + ", ".join(f"{s:.0f}" for s in sep.separation) + " points (experts " + ", ".join(sep.index) + ")")
     if top < 1:  # no expert tells the triggers apart: nothing for the gate to pass on
         return text + each + ": no expert tells triggered rows from clean ones, so the product holds no trigger signal."
+    gates = table[[c for c in table.columns if c.startswith("gate → ")]]
+    spread = float((gates.max() - gates.min()).max())  # 0: the same weights whatever the row
+    each += (f". Between the kinds of row, no expert's gate weight moves by more than {spread:.1f} points: "
+             + ("the gate does not route by input but spreads one fixed weighting over every row"
+                if spread < 1 else "the gate routes by input"))
     weighted = float((sep.separation * sep.gate).sum() / sep.gate.sum())
     weak = float(sep.gate[sep.separation < top / 5].sum())
     return text + each + (f"; weighted by the gate on the triggered rows it is {weighted:.0f}, against {top:.0f} for "

@@ -93,7 +93,7 @@ def pseudo_dev_mask_code(main_logits: torch.Tensor, expert_probs: torch.Tensor, 
 
 # the pseudo-dev rules: "paper" (our reading of the paper's formula: probabilities, the product
 # mixture) and "code" (the authors' code: the main model's raw logit, the arithmetic mixture)
-PSEUDO_DEV_RULES = ("paper", "code")
+PSEUDO_DEV_RULES = ("code", "paper")
 # the authors' clean-small accuracy cut-offs per dataset (their code's ``detect`` record; the
 # "paper" rule's), the cut-off of their code's "good" configurations (the "code" rule's), and
 # the detected-rate window

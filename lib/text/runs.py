@@ -334,7 +334,7 @@ def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, ba
     100 clean dev sentences; and the
     per-row outputs (main model, mixture, gate weights, each expert's probabilities) for :func:`routing`."""
     cfg = PoE(**config["poe"])
-    r_all, q_all, g_all, b_all, logit_all = [], [], [], [], []
+    logit_all, q_all, g_all, b_all = [], [], [], []
     order = np.argsort(data.lengths, kind="stable")  # similar lengths together: less padding
     for start in range(0, len(data), batch_size):
         idx = order[start:start + batch_size]
@@ -345,19 +345,18 @@ def pseudo_dev(config: dict, main, experts, gate, tokenizer, data: Tokenized, ba
                 if gate is not None else torch.ones(len(idx), 1)
             expert_logits = torch.stack([e(**batch).logits for e in experts]).float()
         logit_all.append(out.logits.float())
-        r_all.append(torch.softmax(out.logits.float(), -1))
         q_all.append(torch.softmax(poe.expert_mixture(expert_logits, weights), -1))
         g_all.append(weights)
         b_all.append(torch.softmax(expert_logits, -1))
     back = torch.as_tensor(np.argsort(order))  # rows back in the data's order
-    r, q = torch.cat(r_all)[back], torch.cat(q_all)[back]
+    logits, q = torch.cat(logit_all)[back], torch.cat(q_all)[back]
+    r = torch.softmax(logits, -1)
     gates, experts_p = torch.cat(g_all)[back], torch.cat(b_all, 1)[:, back]
     flagged = poe.pseudo_dev_mask(r, q, data.labels)
     agree = r.argmax(-1) == data.labels
     # the authors' code: raw logit, arithmetic mixture; its pseudo-ASR needs more flagged rows
     # than 3 % of the batches (else -1 there, None here), and it also reports a pseudo clean
     # accuracy on rows the experts doubt (< 0.7) and the main model backs (raw logit > 0.8)
-    logits = torch.cat(logit_all)[back]
     mix = poe.arithmetic_mixture(experts_p, gates)
     code_flagged = poe.pseudo_dev_mask_code(logits, mix, data.labels)
     labels = data.labels[:, None]
