@@ -37,7 +37,10 @@ def _matmul_seconds(dtype: torch.dtype, n: int = 384, m: int = 512, k: int = 153
 
 @functools.cache
 def _cpu_precision() -> str:
-    return "bf16" if _matmul_seconds(torch.bfloat16) * 1.1 < _matmul_seconds(torch.float32) else "fp32"
+    # on its own random stream: the first call comes inside a seeded training run, whose dropout
+    # masks must not depend on whether this process has measured already
+    with torch.random.fork_rng(devices=[]):
+        return "bf16" if _matmul_seconds(torch.bfloat16) * 1.1 < _matmul_seconds(torch.float32) else "fp32"
 
 
 def fast_precision(device: torch.device | None = None) -> str:

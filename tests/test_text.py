@@ -204,6 +204,62 @@ def test_sparse_embedding_gradients_equal_the_dense_ones():
     assert not model.get_input_embeddings().sparse  # restored afterwards
 
 
+def test_compact_vocabulary_trains_the_weights_dense_training_does(monkeypatch):
+    """The fast path keeps only the data's tokens in the word embeddings: after training, every
+    weight equals dense training's (rows never seen only weight-decayed), for main model and experts."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from moebackdoor.text import training
+    from moebackdoor.text.training import CompactVocabulary, PoE, Recipe, Tokenized, train_poe
+
+    class Tok:  # ids straight from the "sentences"
+        pad_token_id = 0
+
+        def __call__(self, sentences, truncation, max_length):
+            return {"input_ids": [[int(w) for w in s.split()] for s in sentences]}
+
+    tokens = Tokenized(Tok(), data.TextSet(["1 5 5 7", "2 3 9", "4 4 11 12", "1 2 3 8 9", "13 5"],
+                                           np.array([0, 1, 1, 0, 1])), 16)
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                                        num_attention_heads=2, intermediate_size=16))
+
+    def train(compact):
+        with monkeypatch.context() as patch:
+            if not compact:  # dense: the same step without compaction
+                patch.setattr(training, "CompactVocabulary", lambda models, ids, device=None: _Dense())
+            main, experts = tiny(0), [tiny(1)]
+            train_poe(main, experts, None, tokens, Recipe(epochs=3, batch_size=2, lr=1e-2, small_lr=1e-2,
+                                                          weight_decay=0.1), PoE(beta=1.0), progress=False)
+        return [m.state_dict() for m in (main, *experts)]
+
+    class _Dense:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def remap(self, batch):
+            return batch
+
+        def stepped(self, opt):
+            pass
+
+    for got, want in zip(train(True), train(False)):
+        assert list(got) == list(want)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+    unseen = torch.ones(50, dtype=torch.bool)
+    unseen[[0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13]] = False
+    assert not torch.equal(got["bert.embeddings.word_embeddings.weight"][unseen], tiny(1).state_dict()[
+        "bert.embeddings.word_embeddings.weight"][unseen])  # decayed, not left as they were
+    vocab = CompactVocabulary([tiny(0)], [7, 3, 3])
+    assert vocab.remap({"input_ids": torch.tensor([[3, 7]])})["input_ids"].tolist() == [[0, 1]]
+
+
 def test_pseudo_dev_selection_follows_the_authors_rule():
     c = lambda d, acc, pasr=0.0: {"detected_rate": d, "clean_small_acc": acc, "pseudo_asr": pasr}
     # good: accuracy above SST-2's 85 and detected rate in (0.3, 0.5); the lower pseudo-ASR wins

@@ -26,3 +26,17 @@ def test_benchmark_pieces_measure_something():
     # width 1: the experts' 1x1 convs and the 3x3 convs dominate; a known order of magnitude
     assert 5e6 < training_flops_per_image(width=1, batch=4) < 5e8
     assert training_rate(width=1, steps=1, fast=True, batch=8) > 0
+
+
+def test_measuring_the_fast_precision_draws_nothing_from_the_seeded_stream(monkeypatch):
+    """The first fast step of a process measures bf16 against fp32; a run seeded before that
+    must draw the same random numbers (dropout masks) as one seeded after it."""
+    from moebackdoor import devices
+
+    monkeypatch.delenv("MOEBD_PRECISION", raising=False)
+    devices._cpu_precision.cache_clear()
+    torch.manual_seed(0)
+    assert devices.fast_precision(torch.device("cpu")) in devices.PRECISIONS  # measures now
+    first = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(4), first)

@@ -11,8 +11,9 @@ training sentences with the quick profile's encoder (MiniLM-L6) and batch size:
   sentence), and against that plain loop padded to the authors' ``max_length`` 256;
 - model FLOP utilisation: FLOPs per training sentence (counted at the data's mean length)
   x sentences/s, against the bf16 matmul rate measured in the same run;
-- NPoE's training throughput (4 one-layer experts, the quick profile's gate of two layers, R-drop;
-  also with the example script's one-layer gate, and at BERT-base's shape, the paper's) relative to
+- NPoE's training throughput (4 one-layer experts, the quick profile's gate of two layers, R-drop,
+  the experts' and gate's last layer computing [CLS] alone; also with full last layers, with the
+  example script's one-layer gate, and at BERT-base's shape, the paper's) relative to
   No defense, both with the library's step: against No defense as the authors' ``plain_train``
   runs it under the same ``--do_Rdrop`` flag (their timing code sits in both loops, so the paper's
   7.27 against 14.28 it/s most likely compares R-drop with R-drop), and against No defense
@@ -34,7 +35,7 @@ from ..devices import fast_precision
 from .. import benchmarks
 from ..benchmarks import matmul_rate
 from .data import load_split
-from .models import DEFAULT_ENCODER, MAX_LENGTH, load_classifier, load_tokenizer
+from .models import DEFAULT_ENCODER, MAX_LENGTH, cls_only_last_layer, load_classifier, load_tokenizer
 from .runs import profile
 from .training import (PoE, Recipe, Tokenized, bucketed_batches, plain_batches, train_classifier, train_poe,
                        training_loss)
@@ -42,27 +43,33 @@ from .training import (PoE, Recipe, Tokenized, bucketed_batches, plain_batches, 
 BATCH = 16
 GATE_LAYERS = profile("quick")["experts"]["gate_layers"]  # the chapter's NPoE
 PAPER_GATE_LAYERS = profile("paper")["experts"]["gate_layers"]  # the authors' example script
+CLS_ONLY = profile("quick")["experts"]["cls_only"]  # the chapter's experts and gate
 
 
-def _model(shape: str, num_labels: int = 2, num_hidden_layers: int | None = None, seed: int = 0):
+def _model(shape: str, num_labels: int = 2, num_hidden_layers: int | None = None, seed: int = 0,
+           cls_only: bool = False):
     """The chapter's MiniLM (pretrained), or an encoder of BERT-base's shape (the paper's;
-    random weights, which do not change the speed), cut to its first layers if asked."""
+    random weights, which do not change the speed), cut to its first layers if asked, its last
+    layer computing [CLS] alone if ``cls_only``."""
     if shape == "minilm":
-        return load_classifier(DEFAULT_ENCODER, num_labels=num_labels, num_hidden_layers=num_hidden_layers, seed=seed)
-    from transformers import BertConfig, BertForSequenceClassification
+        model = load_classifier(DEFAULT_ENCODER, num_labels=num_labels, num_hidden_layers=num_hidden_layers, seed=seed)
+    else:
+        from transformers import BertConfig, BertForSequenceClassification
 
-    torch.manual_seed(seed)
-    config = BertConfig(num_labels=num_labels)  # bert-base-uncased: 12 layers, 768 wide, 30,522 tokens
-    if num_hidden_layers is not None:
-        config.num_hidden_layers = num_hidden_layers
-    return BertForSequenceClassification(config)
+        torch.manual_seed(seed)
+        config = BertConfig(num_labels=num_labels)  # bert-base-uncased: 12 layers, 768 wide, 30,522 tokens
+        if num_hidden_layers is not None:
+            config.num_hidden_layers = num_hidden_layers
+        model = BertForSequenceClassification(config)
+    return cls_only_last_layer(model) if cls_only else model
 
 
 def _data(tokenizer, n: int, max_length: int) -> Tokenized:
     return Tokenized(tokenizer, load_split("sst2", "train").subset(np.arange(n)), max_length)
 
 
-def flops_per_sentence(tokenizer, data: Tokenized, npoe: bool = False, gate_layers: int = GATE_LAYERS) -> float:
+def flops_per_sentence(tokenizer, data: Tokenized, npoe: bool = False, gate_layers: int = GATE_LAYERS,
+                       cls_only: bool = CLS_ONLY) -> float:
     """Training FLOPs (forward + backward) per sentence at the data's mean length: No defense's
     step, or NPoE's (R-drop's two passes of the main model, four one-layer experts, the gate)."""
     model = load_classifier(DEFAULT_ENCODER)
@@ -72,8 +79,8 @@ def flops_per_sentence(tokenizer, data: Tokenized, npoe: bool = False, gate_laye
     y = torch.zeros(BATCH, dtype=torch.long)
     with FlopCounterMode(display=False) as counter:
         if npoe:
-            experts = [load_classifier(DEFAULT_ENCODER, num_hidden_layers=1, seed=j) for j in range(4)]
-            gate = load_classifier(DEFAULT_ENCODER, num_labels=4, num_hidden_layers=gate_layers)
+            experts = [_model("minilm", num_hidden_layers=1, seed=j, cls_only=cls_only) for j in range(4)]
+            gate = _model("minilm", num_labels=4, num_hidden_layers=gate_layers, cls_only=cls_only)
             training_loss(model, experts, gate, batch, y, PoE(), experts + [gate]).backward()
         else:
             torch.nn.functional.cross_entropy(model(**batch).logits, y).backward()
@@ -99,7 +106,7 @@ def plain_loop(model, data: Tokenized, steps: int, pad_to: int | None = None, se
 
 
 def rate(data: Tokenized, steps: int, method: str = "library", pad_to: int | None = None,
-         gate_layers: int = GATE_LAYERS, shape: str = "minilm") -> float:
+         gate_layers: int = GATE_LAYERS, shape: str = "minilm", cls_only: bool = CLS_ONLY) -> float:
     """Sentences/s over ``steps`` steps, after 2 warm-up steps."""
     recipe = Recipe(epochs=10 ** 6, batch_size=BATCH)
     model = _model(shape)
@@ -112,8 +119,8 @@ def rate(data: Tokenized, steps: int, method: str = "library", pad_to: int | Non
         return train_classifier(model, data, recipe, progress=False, max_steps=steps,
                                 rdrop_alpha=alpha)["sentences_per_second"]
     poe = PoE(train_experts=method == "npoe")  # "npoe_frozen": the authors' default, experts fixed after pre-training
-    experts = [_model(shape, num_hidden_layers=1, seed=j) for j in range(4)]
-    gate = _model(shape, num_labels=4, num_hidden_layers=gate_layers)
+    experts = [_model(shape, num_hidden_layers=1, seed=j, cls_only=cls_only) for j in range(4)]
+    gate = _model(shape, num_labels=4, num_hidden_layers=gate_layers, cls_only=cls_only)
     train_poe(model, experts, gate, data, recipe, poe, progress=False, max_steps=2)
     return train_poe(model, experts, gate, data, recipe, poe, progress=False, max_steps=steps)["sentences_per_second"]
 
@@ -125,7 +132,8 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
     flops = flops_per_sentence(tokenizer, data)
     npoe_flops = flops_per_sentence(tokenizer, data, npoe=True)
     npoe_flops1 = flops_per_sentence(tokenizer, data, npoe=True, gate_layers=1)
-    lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1, base_rdrop, base_npoe = ([] for _ in range(11))
+    full_flops = flops_per_sentence(tokenizer, data, npoe=True, cls_only=False)
+    lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1, base_rdrop, base_npoe, full = ([] for _ in range(12))
     for _ in range(repeats):  # interleaved, so drift hits all alike
         bf16.append(matmul_rate(torch.bfloat16))
         fp32.append(matmul_rate(torch.float32))
@@ -135,12 +143,14 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
         rdrop.append(rate(data, steps, method="rdrop"))
         npoe.append(rate(data, steps, method="npoe"))
         frozen.append(rate(data, steps, method="npoe_frozen"))
+        full.append(rate(data, steps, method="npoe", cls_only=False))
         gate1.append(rate(data, steps, method="npoe", gate_layers=1))
         base_steps = max(3, steps // 3)  # BERT-base is about 8x the FLOPs
         base_rdrop.append(rate(data, base_steps, method="rdrop", shape="bert-base"))
         base_npoe.append(rate(data, base_steps, method="npoe", gate_layers=PAPER_GATE_LAYERS, shape="bert-base"))
-    lib_r, plain_r, padded_r, npoe_r, frozen_r, bf16_r, rdrop_r, fp32_r, gate1_r, base_rdrop_r, base_npoe_r = map(
-        statistics.median, (lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1, base_rdrop, base_npoe))
+    lib_r, plain_r, padded_r, npoe_r, frozen_r, bf16_r, rdrop_r, fp32_r, gate1_r, base_rdrop_r, base_npoe_r, full_r = map(
+        statistics.median, (lib, plain, padded, npoe, frozen, bf16, rdrop, fp32, gate1, base_rdrop, base_npoe, full))
+    last = "[CLS]-only last layers" if CLS_ONLY else "full last layers"
     rows = [
         (f"library step (bucketed, dynamic padding, {fast_precision()}), sentences/s", lib_r, ""),
         ("plain fp32 loop (AdamW defaults), same batches, sentences/s", plain_r, ""),
@@ -152,11 +162,14 @@ def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: 
         ("matmul rate fp32, GFLOP/s", fp32_r / 1e9, ""),
         ("model FLOP utilisation vs bf16 matmul, %", 100 * flops * lib_r / bf16_r, ""),
         ("model FLOP utilisation vs the faster matmul, %", 100 * flops * lib_r / max(bf16_r, fp32_r), ""),
-        (f"NPoE (4 experts, {GATE_LAYERS}-layer gate as the chapter, R-drop), sentences/s", npoe_r, ""),
+        (f"NPoE (4 experts, {GATE_LAYERS}-layer gate, {last}, R-drop: the chapter's), sentences/s", npoe_r, ""),
         ("No defense with R-drop (the authors' plain_train under --do_Rdrop), sentences/s", rdrop_r, ""),
         ("NPoE / No defense with R-drop (as the authors time both)", npoe_r / rdrop_r, "target >= 0.7 (paper 0.51)"),
         ("NPoE / No defense without R-drop", npoe_r / lib_r, ""),
         ("NPoE training FLOPs / No defense's (the compute-bound ceiling is its inverse)", npoe_flops / flops, ""),
+        ("NPoE with full last layers in experts and gate, sentences/s", full_r, ""),
+        ("NPoE with full last layers / No defense with R-drop", full_r / rdrop_r, ""),
+        ("NPoE with full last layers: training FLOPs / No defense's", full_flops / flops, ""),
         ("NPoE, experts fixed after pre-training (the authors' default), sentences/s", frozen_r, ""),
         ("NPoE with fixed experts / No defense with R-drop", frozen_r / rdrop_r, ""),
         ("NPoE with a one-layer gate (the example script), sentences/s", gate1_r, ""),
