@@ -64,8 +64,9 @@ def _model(shape: str, num_labels: int = 2, num_hidden_layers: int | None = None
     return cls_only_last_layer(model) if cls_only else model
 
 
-def _data(tokenizer, n: int, max_length: int) -> Tokenized:
-    return Tokenized(tokenizer, load_split("sst2", "train").subset(np.arange(n)), max_length)
+def _data(tokenizer, n: int | None, max_length: int) -> Tokenized:
+    train = load_split("sst2", "train")
+    return Tokenized(tokenizer, train if n is None else train.subset(np.arange(n)), max_length)
 
 
 def flops_per_sentence(tokenizer, data: Tokenized, npoe: bool = False, gate_layers: int = GATE_LAYERS,
@@ -125,7 +126,9 @@ def rate(data: Tokenized, steps: int, method: str = "library", pad_to: int | Non
     return train_poe(model, experts, gate, data, recipe, poe, progress=False, max_steps=steps)["sentences_per_second"]
 
 
-def run_benchmark(steps: int = 12, repeats: int = 2, n: int = 2000, max_length: int = 64) -> pd.DataFrame:
+def run_benchmark(steps: int = 12, repeats: int = 2, n: int | None = None, max_length: int = 64) -> pd.DataFrame:
+    """``n``: the training sentences batches are drawn from (None: all of SST-2's, as the chapter
+    trains on, so that the word embeddings hold the chapter's vocabulary, CompactVocabulary)."""
     tokenizer = load_tokenizer(DEFAULT_ENCODER)
     data = _data(tokenizer, n, max_length)
     data256 = _data(tokenizer, n, MAX_LENGTH)

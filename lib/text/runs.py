@@ -61,6 +61,9 @@ PROFILES = {
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
     "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": None, "n_test": None, "max_length": 64,
               "recipe": dict(epochs=2, batch_size=16, lr=3e-5, small_lr=5e-4),
+              # NPoE's experts train jointly at the example script's learning rate (the code's default
+              # 5e-4 goes with frozen experts); DPoE's expert at DPoE's own (its run_train.sh)
+              "small_lr_by_method": {"npoe": 2e-5, "dpoe": 8e-5},
               # a two-layer gate: the authors' code default (their example script uses one)
               "experts": dict(n=4, layers=1, gate_layers=2, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text", cls_only=True),
               "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0],
@@ -73,7 +76,7 @@ PROFILES = {
                               rate_scale=[1.0, 2.0])},
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
-              "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5),
+              "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5), "small_lr_by_method": {"dpoe": 8e-5},
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text", cls_only=True),
               "onion_n_test": None, "bki_n_score": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4),
               "select_beta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0], "select_scale": None,
@@ -115,6 +118,8 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
     n_train = check_optional_int("n_train", overrides.get("n_train", p["n_train"]), 1, SIZES[dataset][0])
     recipe = dict(p["recipe"], epochs=check_int("epochs", overrides.get("epochs", p["recipe"]["epochs"]), 1),
                   max_length=check_int("max_length", overrides.get("max_length", p["max_length"]), 8))
+    if method in p.get("small_lr_by_method", {}):  # the experts' and gate's rate, per method
+        recipe["small_lr"] = p["small_lr_by_method"][method]
     for key in ("lr", "small_lr"):
         if key in overrides:
             recipe[key] = check_positive(key, overrides[key])
