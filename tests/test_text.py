@@ -256,8 +256,13 @@ def test_compact_vocabulary_trains_the_weights_dense_training_does(monkeypatch):
     unseen[[0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13]] = False
     assert not torch.equal(got["bert.embeddings.word_embeddings.weight"][unseen], tiny(1).state_dict()[
         "bert.embeddings.word_embeddings.weight"][unseen])  # decayed, not left as they were
-    vocab = CompactVocabulary([tiny(0)], [7, 3, 3])
-    assert vocab.remap({"input_ids": torch.tensor([[3, 7]])})["input_ids"].tolist() == [[0, 1]]
+    model = tiny(0)
+    model.get_input_embeddings().padding_idx = 3  # a padding row that is not row 0
+    vocab = CompactVocabulary([model], [7, 3, 3, 1])
+    assert vocab.remap({"input_ids": torch.tensor([[3, 7]])})["input_ids"].tolist() == [[1, 2]]
+    with vocab:
+        assert model.get_input_embeddings().padding_idx == 1 and model.get_input_embeddings().weight.shape[0] == 3
+    assert model.get_input_embeddings().padding_idx == 3 and model.get_input_embeddings().weight.shape[0] == 50
 
 
 def test_pseudo_dev_selection_follows_the_authors_rule():

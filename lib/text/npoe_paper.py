@@ -322,7 +322,7 @@ def routing_text(table: pd.DataFrame) -> str:
     sep = expert_separation(table)
     top = sep.separation.max()
     each = (f" Each expert's separation, its P(target) on triggered rows minus on clean ones, is "
-            + ", ".join(f"{s:.0f}" for s in sep.separation) + " points (experts " + ", ".join(sep.index) + ")")
+            + ", ".join(f"{s:.0f}" for s in sep.separation.round() + 0.0) + " points (experts " + ", ".join(sep.index) + ")")
     if top < 1:  # no expert tells the triggers apart: nothing for the gate to pass on
         return text + each + ": no expert tells triggered rows from clean ones, so the product holds no trigger signal."
     gates = table[[c for c in table.columns if c.startswith("gate → ")]]
