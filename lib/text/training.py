@@ -4,7 +4,8 @@ Sentences are tokenized once; a batch is padded to its own longest sentence (dyn
 and batches are drawn from length buckets (sentences of similar length together), in bf16
 autocast where the machine multiplies bf16 faster than fp32 (``fast=True``; measured once, see
 :func:`moebackdoor.devices.fast_precision`), with dropout masks drawn 4x faster
-(:mod:`moebackdoor.dropout`). ``fast=False`` is a plain fp32 loop over
+(:mod:`moebackdoor.dropout`), and word embeddings cut to the training data's tokens for the length
+of training (:class:`CompactVocabulary`: the same weights). ``fast=False`` is a plain fp32 loop over
 the same batches, padded to ``pad_to`` if given (the authors pad to 256): the benchmark's
 reference. The optimiser is the authors': AdamW, weight decay 0.01 except biases and
 LayerNorm, eps 1e-8, linear warm-up over 10 % of the steps then linear decay, gradients
