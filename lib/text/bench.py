@@ -52,15 +52,15 @@ def _model(shape: str, num_labels: int = 2, num_hidden_layers: int | None = None
     random weights, which do not change the speed), cut to its first layers if asked, its last
     layer computing [CLS] alone if ``cls_only``."""
     if shape == "minilm":
-        model = load_classifier(DEFAULT_ENCODER, num_labels=num_labels, num_hidden_layers=num_hidden_layers, seed=seed)
-    else:
-        from transformers import BertConfig, BertForSequenceClassification
+        return load_classifier(DEFAULT_ENCODER, num_labels=num_labels, num_hidden_layers=num_hidden_layers, seed=seed,
+                               cls_only=cls_only)
+    from transformers import BertConfig, BertForSequenceClassification
 
-        torch.manual_seed(seed)
-        config = BertConfig(num_labels=num_labels)  # bert-base-uncased: 12 layers, 768 wide, 30,522 tokens
-        if num_hidden_layers is not None:
-            config.num_hidden_layers = num_hidden_layers
-        model = BertForSequenceClassification(config)
+    torch.manual_seed(seed)
+    config = BertConfig(num_labels=num_labels)  # bert-base-uncased: 12 layers, 768 wide, 30,522 tokens
+    if num_hidden_layers is not None:
+        config.num_hidden_layers = num_hidden_layers
+    model = BertForSequenceClassification(config)
     return cls_only_last_layer(model) if cls_only else model
 
 

@@ -30,8 +30,9 @@ def load_tokenizer(name: str = DEFAULT_ENCODER):
 
 
 def load_classifier(name: str = DEFAULT_ENCODER, num_labels: int = 2, num_hidden_layers: int | None = None,
-                    dropout: float = 0.1, seed: int = 0) -> nn.Module:
-    """A pretrained encoder with a fresh classification head (seeded), optionally cut to its first layers."""
+                    dropout: float = 0.1, seed: int = 0, cls_only: bool = False) -> nn.Module:
+    """A pretrained encoder with a fresh classification head (seeded), optionally cut to its first
+    layers, its last layer computing [CLS] alone if ``cls_only`` (:func:`cls_only_last_layer`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging
 
@@ -47,9 +48,10 @@ def load_classifier(name: str = DEFAULT_ENCODER, num_labels: int = 2, num_hidden
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the new head's "newly initialized weights" notice is expected
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
     finally:
         logging.set_verbosity(verbosity)
+    return cls_only_last_layer(model) if cls_only else model
 
 
 def cls_only_last_layer(model: nn.Module) -> nn.Module:

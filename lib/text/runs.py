@@ -26,8 +26,7 @@ from ..params import ParameterError, check_choice, check_int, check_optional_int
 from ..runcache import RunCache
 from . import poe
 from .data import SIZES, TextSet, check_dataset, check_style, load_split, n_classes
-from .models import (DEFAULT_ENCODER, HiddenGate, TextClassifier, cls_only_last_layer, load_classifier,
-                     load_tokenizer)
+from .models import DEFAULT_ENCODER, HiddenGate, TextClassifier, load_classifier, load_tokenizer
 from .poisoning import SETTINGS, check_setting, poison_training_set, pretrain_set, setting_rates, triggered_test_set
 from .training import PoE, Recipe, Tokenized, autocast, gate_logits, pretrain_expert, train_classifier, train_poe
 
@@ -318,9 +317,8 @@ def _experts(config: dict, tokenizer, recipe: Recipe):
     experts, history = [], []
     dev = load_split(config["dataset"], "dev")
     for j in range(e["n"]):
-        expert = load_classifier(config["encoder"], n_labels, e["layers"], seed=config["seed"] + 1 + j)
-        if e.get("cls_only"):
-            cls_only_last_layer(expert)
+        expert = load_classifier(config["encoder"], n_labels, e["layers"], seed=config["seed"] + 1 + j,
+                                 cls_only=e.get("cls_only", False))
         if e["pretrain_steps"]:
             kind = EXPERT_ORDER[j % len(EXPERT_ORDER)]
             ps = pretrain_set(kind, dev, config["style"], e["pretrain_n"], seed=config["seed"] + j)
@@ -332,9 +330,8 @@ def _experts(config: dict, tokenizer, recipe: Recipe):
     if e["gate_layers"]:
         gate = HiddenGate(experts[0].config.hidden_size, e["n"], seed=config["seed"] + 100) \
             if e.get("gate_on", "text") == "hidden" \
-            else load_classifier(config["encoder"], e["n"], e["gate_layers"], seed=config["seed"] + 100)
-        if e.get("cls_only") and not isinstance(gate, HiddenGate):
-            cls_only_last_layer(gate)
+            else load_classifier(config["encoder"], e["n"], e["gate_layers"], seed=config["seed"] + 100,
+                                 cls_only=e.get("cls_only", False))
     return experts, gate, history
 
 

@@ -173,9 +173,10 @@ class CompactVocabulary:
     def stepped(self, opt: torch.optim.Optimizer) -> None:
         """Record the weight decay this step applied to the rows left out."""
         for e in self.entries:
-            for group in opt.param_groups:
-                if any(p is e["compact"] for p in group["params"]):
-                    e["decay"] *= 1.0 - group["lr"] * group["weight_decay"]
+            if "group" not in e:  # found once: the optimiser's group that holds the compact rows
+                e["group"] = next((g for g in opt.param_groups if any(p is e["compact"] for p in g["params"])), None)
+            if e["group"] is not None:
+                e["decay"] *= 1.0 - e["group"]["lr"] * e["group"]["weight_decay"]
 
     def __exit__(self, *exc) -> None:
         for e in self.entries:
