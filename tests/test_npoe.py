@@ -196,3 +196,26 @@ def test_cls_only_last_layer_gives_the_full_layers_logits_and_gradients():
         assert all(torch.allclose(p.grad, grads[n].grad, atol=1e-5) for n, p in cls.named_parameters())
     with pytest.raises(TypeError, match="not a BERT-style"):
         cls_only_last_layer(torch.nn.Linear(2, 2))
+
+
+def test_pretrained_experts_are_cached_runs_shared_across_beta_and_reloaded_exactly(companion_env):
+    """An expert's pre-training is a run of its own: a second NPoE run with another β loads the
+    same weights instead of pre-training again, and they equal a fresh pre-training's."""
+    from moebackdoor.runcache import RunCache
+
+    config = runs.run_config("smoke", "sst2", "mix4", "npoe")
+    keys = [runs.expert_config(config, j) for j in range(config["experts"]["n"])]
+    assert keys == [runs.expert_config(runs.with_beta(config, 4.0), j) for j in range(len(keys))]
+    assert runs.expert_config(runs.run_config("smoke", "sst2", "mix4", "npoe", expert_params={"layers": 2}), 0) != keys[0]
+    assert [k["trigger"] for k in keys] == list(runs.EXPERT_ORDER)
+    # quick pre-trains to the authors' 800-batch cap; smoke for its one epoch over 32 sentences
+    assert runs.pretrain_batches(runs.run_config("quick", "sst2", "mix3", "npoe")) == 800
+    assert runs.pretrain_batches(config) == 2 == config["experts"]["pretrain_steps"]
+    assert runs.pretrain_batches(runs.run_config("quick", "sst2", "mix3", "dpoe")) == 0
+    first, _, pre_first = runs._experts(config)
+    assert all(RunCache().has(k) for k in keys)
+    second, _, pre_second = runs._experts(runs.with_beta(config, 4.0))
+    assert pre_first == pre_second and pre_first[0]["steps"] == config["experts"]["pretrain_steps"]
+    _, fresh = runs.pretrain_run(keys[0])
+    for name, value in fresh.items():
+        assert torch.equal(first[0].state_dict()[name], value) and torch.equal(second[0].state_dict()[name], value)

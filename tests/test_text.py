@@ -329,6 +329,9 @@ def test_expert_separation_and_the_gate_weighted_routing_text_by_hand():
     text = routing_text(table)
     assert "it is 16, against 80" in text and "puts 80 % of that weight" in text
     assert "by more than 0.0 points: the gate does not route by input" in text
+    assert "the experts' mixture gives the target 40 % and the main model 30 %." in text
+    table.loc["clean", "P(target) mixture"] = 22.0  # the experts lean against the target on clean rows
+    assert "mixture gives the target 22 % and the main model 30 %: the experts push clean rows away" in routing_text(table)
     table.loc["clean", ["gate → 1 (a)", "gate → 2 (b)"]] = [5.0, 95.0]  # clean rows sent elsewhere
     assert "by more than 15.0 points: the gate routes by input" in routing_text(table)
 

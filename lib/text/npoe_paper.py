@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import style
-from . import poe
+from . import poe, runs
 
 
 TABLE_ID = "npoe-results"
@@ -195,6 +195,8 @@ PAPER_SCALE = {"encoder": "bert-base-uncased (12 layers)", "training sentences":
                "epochs": "3", "max tokens": "256", "lr (main)": "2e-5",
                "lr (NPoE's experts, gate)": "2e-5 (trained jointly, the example script); 5e-4 (the gate alone, the code's default)",
                "lr (DPoE's expert)": "8e-5 (DPoE's script)",
+               "expert pre-training (batches)": "1 epoch over 100 sentences: 13 of 8 (the example), 4 of 32 "
+                                                "(the code's default); cap 800",
                "batch": "8 to 32", "seeds": "5", "ONION test sentences": "all",
                "BKI sentences scored": "all"}
 
@@ -213,7 +215,9 @@ def scale_table(config: dict, fig_config: dict | None, seeds, onion_n_test, bki_
     ours = {"encoder": config["encoder"] + (f" ({config['layers']} layers)" if config["layers"] else ""),
             "training sentences": config["n_train"] or "all", "epochs": r["epochs"], "max tokens": r["max_length"],
             "lr (main)": _lr(r["lr"]), "lr (NPoE's experts, gate)": _lr(r["small_lr"]),
-            "lr (DPoE's expert)": _lr(dpoe_config["recipe"]["small_lr"]) if dpoe_config else "-", "batch": r["batch_size"],
+            "lr (DPoE's expert)": _lr(dpoe_config["recipe"]["small_lr"]) if dpoe_config else "-",
+            "expert pre-training (batches)": runs.pretrain_batches(config) if "experts" in config else "-",
+            "batch": r["batch_size"],
             "seeds": len(seeds), "ONION test sentences": onion_n_test or "all",
             "BKI sentences scored": bki_n_score or "all"}
     out = pd.DataFrame({"the paper": PAPER_SCALE, "this page": {k: str(v) for k, v in ours.items()}})
@@ -323,6 +327,10 @@ def routing_text(table: pd.DataFrame) -> str:
     top = sep.separation.max()
     each = (f" Each expert's separation, its P(target) on triggered rows minus on clean ones, is "
             + ", ".join(f"{s:.0f}" for s in sep.separation.round() + 0.0) + " points (experts " + ", ".join(sep.index) + ")")
+    mix, main = table.at["clean", "P(target) mixture"], table.at["clean", "P(target) main model"]
+    text += (f" On clean non-target rows the experts' mixture gives the target {mix:.0f} % and the main model "
+             f"{main:.0f} %" + (": the experts push clean rows away from the target, so the main model, which "
+                                "alone predicts at test time, fits them only together with the experts." if mix < 35 else "."))
     if top < 1:  # no expert tells the triggers apart: nothing for the gate to pass on
         return text + each + ": no expert tells triggered rows from clean ones, so the product holds no trigger signal."
     gates = table[[c for c in table.columns if c.startswith("gate → ")]]

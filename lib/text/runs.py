@@ -64,7 +64,9 @@ PROFILES = {
               # 5e-4 goes with frozen experts); DPoE's expert at DPoE's own (its run_train.sh)
               "small_lr_by_method": {"npoe": 2e-5, "dpoe": 8e-5},
               # a two-layer gate: the authors' code default (their example script uses one)
-              "experts": dict(n=4, layers=1, gate_layers=2, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text", cls_only=True),
+              # pre-training runs to the authors' 800-batch cap (``--pretrain_iters``): the recipe's 2 epochs
+              # over 100 sentences (14 batches) left every expert at chance on its own set
+              "experts": dict(n=4, layers=1, gate_layers=2, pretrain_n=100, pretrain_steps=800, pretrain_epochs=200, gate_on="text", cls_only=True),
               "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0],
               # β is selected on runs at the figures' scale and the chosen β trained at the table's
               # (selecting among full runs picked the same β 4 in our one comparison, for 15 min more)
@@ -156,22 +158,25 @@ FIGURES = {"npoe-fig-beta": "beta", "npoe-fig-expert-depth": "expert_layers",
 
 
 def figure_configs(profile_name: str, figure: str, dataset: str = "sst2", setting: str = "mix3", seed: int = 0,
-                   values=None, style: str = "bible", poe_params: dict | None = None, **overrides) -> list[dict]:
+                   values=None, style: str = "bible", poe_params: dict | None = None,
+                   expert_params: dict | None = None, **overrides) -> list[dict]:
     """The runs of one sensitivity figure: NPoE at each value of its parameter (and No defense
     at each poison rate for the doubled-rate figure), at the profile's figure scale; the β
-    figure is NPoE's selection sweep (:func:`select_npoe`), at its scale (``select_scale``)."""
+    figure is NPoE's selection sweep (:func:`select_npoe`), at its scale (``select_scale``).
+    ``poe_params`` and ``expert_params`` are the table's NPoE settings; the figure's own
+    parameter overrides them."""
     param = FIGURES[check_choice("figure", figure, FIGURES)]
     p = profile(profile_name)
     fig = p["figures"]
     if param == "beta":  # the selection sweep itself
         table = run_config(profile_name, dataset, setting, "npoe", seed, style=style, poe_params=poe_params,
-                           **overrides)
+                           expert_params=expert_params, **overrides)
         return selection_configs(table, None if values is None else list(values))
     values = fig[param] if values is None else list(values)
     scale = {k: fig[k] for k in ("n_train", "epochs") if fig[k] is not None} | overrides
     configs = []
     for v in values:
-        poe_v, expert_v, rate = dict(poe_params or {}), {}, 1.0
+        poe_v, expert_v, rate = dict(poe_params or {}), dict(expert_params or {}), 1.0
         if param == "rate_scale":
             rate = check_positive("rate_scale", v)
         else:
@@ -296,7 +301,7 @@ def run_training(config: dict, max_steps: int | None = None) -> tuple[dict, dict
     if config["method"] in ("no_defense", "benign"):
         metrics["history"] = train_classifier(model, data, recipe, seed, max_steps=max_steps, desc=run_label(config))
     else:
-        experts, gate, pre = _experts(config, tokenizer, recipe)
+        experts, gate, pre = _experts(config)
         metrics["pretraining"] = pre
         metrics["history"] = train_poe(model, experts, gate, data, recipe, PoE(**config["poe"]), seed,
                                        max_steps=max_steps, desc=run_label(config))
@@ -309,22 +314,55 @@ def run_training(config: dict, max_steps: int | None = None) -> tuple[dict, dict
     return metrics, tensors
 
 
-def _experts(config: dict, tokenizer, recipe: Recipe):
-    """The trigger-only experts (the encoder's first layers), pre-trained on the defender's own
-    trigger instances over clean dev sentences, and the gate (none for DPoE)."""
+def expert_config(config: dict, j: int) -> dict:
+    """Expert ``j``'s pre-training as a run of its own (the cache key): what shapes its weights.
+    β, the gate and the main model's training set do not, so a run's selection candidates, its
+    chosen β and most figure runs share their pre-trained experts."""
     e = config["experts"]
-    n_labels = n_classes(config["dataset"])
+    keys = ("layers", "cls_only", "double_softmax", "pretrain_n", "pretrain_steps", "pretrain_epochs")
+    return {"schema": SCHEMA, "chapter": "npoe-expert", "encoder": config["encoder"], "dataset": config["dataset"],
+            "style": config["style"], "seed": config["seed"], "expert": j,
+            "trigger": EXPERT_ORDER[j % len(EXPERT_ORDER)], "recipe": config["recipe"]} | {k: e.get(k) for k in keys}
+
+
+def pretrain_batches(config: dict) -> int:
+    """The batches each expert pre-trains for: the passes over its set, at most ``pretrain_steps``."""
+    e, r = config["experts"], config["recipe"]
+    if not e["pretrain_steps"]:
+        return 0
+    passes = r["epochs"] if e.get("pretrain_epochs") is None else e["pretrain_epochs"]
+    return min(e["pretrain_steps"], -(-e["pretrain_n"] // r["batch_size"]) * passes)
+
+
+def _new_expert(cfg: dict):
+    return load_classifier(cfg["encoder"], n_classes(cfg["dataset"]), cfg["layers"], seed=cfg["seed"] + 1 + cfg["expert"],
+                           cls_only=bool(cfg["cls_only"]))
+
+
+def pretrain_run(cfg: dict) -> tuple[dict, dict]:
+    """Pre-train one trigger-only expert on the defender's own trigger instances over clean dev
+    sentences (:func:`expert_config`): its pre-training record and its weights."""
+    start, recipe = time.perf_counter(), Recipe(**cfg["recipe"])
+    expert, seed = _new_expert(cfg), cfg["seed"] + cfg["expert"]
+    ps = pretrain_set(cfg["trigger"], load_split(cfg["dataset"], "dev"), cfg["style"], cfg["pretrain_n"], seed=seed)
+    history = pretrain_expert(expert, Tokenized(load_tokenizer(cfg["encoder"]), ps, recipe.max_length), recipe,
+                              cfg["pretrain_steps"], seed, cfg["double_softmax"], progress=False,
+                              epochs=cfg["pretrain_epochs"])
+    return dict(trigger=cfg["trigger"], **history, seconds=time.perf_counter() - start), expert.state_dict()
+
+
+def _experts(config: dict):
+    """The trigger-only experts (the encoder's first layers), pre-trained (cached runs of their
+    own, :func:`pretrain_run`), and the gate (none for DPoE)."""
+    e = config["experts"]
     experts, history = [], []
-    dev = load_split(config["dataset"], "dev")
     for j in range(e["n"]):
-        expert = load_classifier(config["encoder"], n_labels, e["layers"], seed=config["seed"] + 1 + j,
-                                 cls_only=e.get("cls_only", False))
+        cfg = expert_config(config, j)
+        expert = _new_expert(cfg)
         if e["pretrain_steps"]:
-            kind = EXPERT_ORDER[j % len(EXPERT_ORDER)]
-            ps = pretrain_set(kind, dev, config["style"], e["pretrain_n"], seed=config["seed"] + j)
-            history.append(dict(trigger=kind, **pretrain_expert(
-                expert, Tokenized(tokenizer, ps, recipe.max_length), recipe, e["pretrain_steps"],
-                config["seed"] + j, e["double_softmax"], progress=False, epochs=e.get("pretrain_epochs"))))
+            pre = RunCache().get_or_run(cfg, pretrain_run)
+            expert.load_state_dict(pre.tensors())
+            history.append(pre.metrics)
         experts.append(expert)
     gate = None
     if e["gate_layers"]:
