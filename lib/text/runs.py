@@ -28,7 +28,8 @@ from . import poe
 from .data import SIZES, TextSet, check_dataset, check_style, load_split, n_classes
 from .models import DEFAULT_ENCODER, HiddenGate, TextClassifier, load_classifier, load_tokenizer
 from .poisoning import SETTINGS, check_setting, poison_training_set, pretrain_set, setting_rates, triggered_test_set
-from .training import PoE, Recipe, Tokenized, autocast, gate_logits, pretrain_expert, train_classifier, train_poe
+from .training import (PoE, Recipe, Tokenized, autocast, gate_logits, n_pretrain_batches, pretrain_expert,
+                       train_classifier, train_poe)
 
 SCHEMA = 4  # bump when a change to the code invalidates cached runs
 TRAINED = ("no_defense", "benign", "dpoe", "npoe")
@@ -331,7 +332,7 @@ def pretrain_batches(config: dict) -> int:
     if not e["pretrain_steps"]:
         return 0
     passes = r["epochs"] if e.get("pretrain_epochs") is None else e["pretrain_epochs"]
-    return min(e["pretrain_steps"], -(-e["pretrain_n"] // r["batch_size"]) * passes)
+    return n_pretrain_batches(e["pretrain_n"], r["batch_size"], passes, e["pretrain_steps"])
 
 
 def _new_expert(cfg: dict):

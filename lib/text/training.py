@@ -164,7 +164,8 @@ class CompactVocabulary:
             e["compact"] = nn.Parameter(full.detach()[self.ids.to(full.device)].clone(), requires_grad=full.requires_grad)
             e["emb"].weight = e["compact"]
             if e["padding_idx"] is not None:  # the padding row keeps a zero gradient, at its new index
-                e["emb"].padding_idx = int(self.lut[e["padding_idx"]]) if self.lut[e["padding_idx"]] >= 0 else None
+                new = int(self.lut[e["padding_idx"]])
+                e["emb"].padding_idx = new if new >= 0 else None
         return self
 
     def remap(self, batch: dict) -> dict:
@@ -356,6 +357,11 @@ def gate_logits(gate, batch: dict, main_out, n: int) -> torch.Tensor:
     return gate(**batch).logits.float()
 
 
+def n_pretrain_batches(n: int, batch_size: int, epochs: int, max_steps: int) -> int:
+    """The batches of an expert's pre-training: ``epochs`` passes over ``n`` sentences, at most ``max_steps``."""
+    return min(max_steps, -(-n // batch_size) * epochs)
+
+
 def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_steps: int = 800, seed: int = 0,
                     double_softmax: bool = False, fast: bool = True, progress: bool = True,
                     epochs: int | None = None) -> dict:
@@ -370,7 +376,8 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
     device = default_device()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    total = min(max_steps, -(-len(data) // recipe.batch_size) * check_int("pretrain epochs", recipe.epochs if epochs is None else epochs, 1))
+    total = n_pretrain_batches(len(data), recipe.batch_size,
+                               check_int("pretrain epochs", recipe.epochs if epochs is None else epochs, 1), max_steps)
     expert.to(device).train()
     opt, sched = make_optimizer(_param_groups(expert, recipe.small_lr, recipe.weight_decay), total,
                                 recipe.warmup, device)
