@@ -123,6 +123,58 @@ def test_a_lora_step_changes_only_adapter_weights():
     assert any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
 
 
+def test_full_fine_tuning_trains_every_weight_and_its_state_reloads_to_identical_logits(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base = tiny_lm()
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    model = models.adapt(base, "full")
+    assert all(p.requires_grad for p in model.parameters())
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    class Data:
+        lengths = np.array([6, 4])
+
+        def __len__(self):
+            return 2
+
+        def batch(self, idx):
+            b = tiny_batch()
+            return {k: v[torch.as_tensor(idx)] for k, v in b.items()}
+
+    training.train_sft(model, Data(), training.Recipe(epochs=1, batch_size=2, lr=1e-2), progress=False)
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
+    assert "model.embed_tokens.weight" in changed and any("layers.0.self_attn" in k for k in changed)
+    save_file(models.adapter_state(model), tmp_path / "full.safetensors")
+    fresh = tiny_lm(seed=1)
+    fresh.config.tie_word_embeddings = True
+    fresh.tie_weights()
+    again = models.load_adapter_state(models.adapt(fresh, "full"), load_file(tmp_path / "full.safetensors"))
+    ids = tiny_batch()["input_ids"]
+    assert torch.equal(model.eval()(input_ids=ids).logits, again.eval()(input_ids=ids).logits)
+    with pytest.raises(ParameterError, match="`finetune`"):
+        models.adapt(tiny_lm(), "qlora")
+
+
+def test_full_fine_tuning_enters_the_configuration_only_when_asked():
+    lora = runs.run_config("quick", "sst2", "badnet", "locphylax")
+    assert runs.run_config("quick", "sst2", "badnet", "locphylax", finetune="lora",
+                           defense_params={"finetune": "lora"}) == lora  # the cached LoRA runs keep their keys
+    full = runs.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "full"})
+    assert full["defense"]["finetune"] == "full" and full["defense"]["lr"] == models.FULL_LR
+    assert "finetune" not in full and full["recipe"] == lora["recipe"]  # the attack is still LoRA's
+    assert runs.finetune(full, defense=True) == "full" and runs.finetune(full) == "lora"
+    own = runs.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "full", "lr": 1e-5})
+    assert own["defense"]["lr"] == 1e-5
+    attack = runs.run_config("quick", "sst2", "badnet", finetune="full")
+    assert attack["finetune"] == "full" and attack["recipe"]["lr"] == models.FULL_LR
+    with pytest.raises(ParameterError, match="`finetune`"):
+        runs.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "partial"})
+    with pytest.raises(ParameterError, match="`lr`"):
+        runs.run_config("quick", "sst2", "badnet", lr=-1)
+
+
 def test_bf16_frozen_weights_give_the_autocast_step_exactly_and_spare_the_tied_head():
     base = tiny_lm()
     base.config.tie_word_embeddings = True  # as SmolLM2's

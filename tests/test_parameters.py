@@ -23,6 +23,7 @@ BAD_BY_CHAPTER = {"locphylax": [
     ("sparsity", 1.5, "parameter `sparsity`: expected a fraction in [0, 1], got 1.5"),
     ("cluster_token", "middle", "parameter `cluster_token`: expected one of ['answer_end', 'prompt_end'], "
                                 "got 'middle'"),
+    ("defense_finetune", "qlora", "parameter `defense_finetune`: expected one of ['lora', 'full'], got 'qlora'"),
     ("custom_trigger", {"phrase": "", "placement": "prefix"}, "parameter `trigger phrase`: expected a non-empty "
                                                               "string, got ''"),
     ("custom_trigger", {"phrase": "cheese", "placement": "middle"}, "parameter `trigger placement`: expected one of "

@@ -26,11 +26,9 @@ from .triggers import Trigger
 def _models(config: dict):
     """(name, model) for the suspect model and for it after stage 1 (adapter loaded)."""
     loc = RunCache().get_or_run(config, runs.run)
-    suspect = runs.suspect_model(config)
-    after = models.add_lora(runs.suspect_model(config), seed=config["seed"] + 1)
     stage1 = {k[len("stage1."):]: v for k, v in loc.tensors().items() if k.startswith("stage1.")}
-    models.load_adapter_state(after, stage1)
-    return [("suspect model", suspect), ("after stage 1", after)]
+    after = runs.adapted(config, stage1, defense=True)
+    return [("suspect model", runs.suspect_model(config)), ("after stage 1", after)]
 
 
 def _prompt_sets(config: dict, tokenizer, n: int) -> dict[str, list[str]]:

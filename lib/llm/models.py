@@ -27,6 +27,10 @@ ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an i
                 "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 # BackdoorLLM's LoRA: r 8, alpha 16, on every linear layer
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
+# how a run adapts a model: a LoRA adapter, or every weight ("full", at FULL_LR unless given one:
+# LoRA's 2e-4 on every weight would overwrite the model)
+FINETUNE = ("lora", "full")
+FULL_LR = 2e-5
 
 
 def check_template(name: str) -> str:
@@ -83,8 +87,20 @@ def add_lora(model: nn.Module, r: int = LORA["r"], alpha: int = LORA["alpha"], d
     return get_peft_model(model, cfg)
 
 
+def adapt(model: nn.Module, finetune: str = "lora", seed: int = 0) -> nn.Module:
+    """``model`` made trainable: fresh LoRA adapters (``"lora"``) or every weight (``"full"``)."""
+    if finetune not in FINETUNE:
+        raise ParameterError("finetune", f"one of {list(FINETUNE)}", finetune)
+    if finetune == "lora":
+        return add_lora(model, seed=seed)
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable (adapter) tensors, to save in the run cache."""
+    """The trainable tensors (the adapter, or every weight in full fine-tuning), to save in the run cache."""
     return {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from ..params import ParameterError, check_choice, check_fraction, check_int, check_optional_int
+from ..params import ParameterError, check_choice, check_fraction, check_int, check_optional_int, check_positive
 from ..runcache import RunCache
 from . import crow, data, generation, judge, locphylax, models, pruning
 from .training import HIDDEN_POSITIONS, Recipe, SFTData, answer_loss, train_sft
@@ -89,7 +89,10 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
                **overrides) -> dict:
     """The full configuration of one run; its hash names the run's cache directory.
 
-    ``overrides``: ``model``, ``layers``, ``n_poison``, ``n_clean``, ``epochs``, ``lr``.
+    ``overrides``: ``model``, ``layers``, ``n_poison``, ``n_clean``, ``epochs``, ``lr``, ``finetune``
+    (the attack's: ``"lora"`` or ``"full"``, at ``models.FULL_LR`` unless ``lr`` is given; the defenses'
+    is ``defense_params["finetune"]``, likewise). ``finetune`` enters a configuration only when it is
+    ``"full"``, so that LoRA runs keep the keys they were cached under.
     ``eval_template`` (default: ``template``) evaluates with another template, to show a mismatch."""
     p = profile(profile_name)
     data.check_task(task)
@@ -97,15 +100,18 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
     check_choice("method", method, METHODS_ALL + ("clean_model",))
     models.check_template(template)
     models.check_template(eval_template or template)
-    unknown = set(overrides) - {"model", "layers", "n_poison", "n_clean", "epochs", "lr"}
+    unknown = set(overrides) - {"model", "layers", "n_poison", "n_clean", "epochs", "lr", "finetune"}
     if unknown:
-        raise ParameterError("overrides", "model, layers, n_poison, n_clean, epochs or lr", sorted(unknown))
+        raise ParameterError("overrides", "model, layers, n_poison, n_clean, epochs, lr or finetune", sorted(unknown))
+    attack_mode = check_choice("finetune", overrides.get("finetune", "lora"), models.FINETUNE)
     check_int("seed", seed)
     recipe = dict(p["recipe"])
     if "epochs" in overrides:
         recipe["epochs"] = check_int("epochs", overrides["epochs"], 1)
+    if attack_mode == "full":
+        recipe["lr"] = models.FULL_LR
     if "lr" in overrides:
-        recipe["lr"] = float(overrides["lr"])
+        recipe["lr"] = check_positive("lr", overrides["lr"])
     config = {
         "schema": SCHEMA, "chapter": "locphylax", "profile": profile_name, "task": task, "attack": attack,
         "seed": seed, "model": overrides.get("model", p["model"]),
@@ -115,6 +121,8 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
         "n_clean": check_optional_int("n_clean", overrides.get("n_clean", p["n_clean"]), 0),
         "recipe": Recipe(**recipe).as_dict(), "n_test": p["n_test"], "method": "no_defense",
     }
+    if attack_mode == "full":
+        config["finetune"] = attack_mode
     if method == "clean_model":
         config["method"] = "clean_model"
     elif method != "no_defense":
@@ -124,6 +132,11 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
                  known_targets="answers",
                  track_methods=["locphylax", "clean_finetune"])
         d.update(defense_params or {})
+        if check_choice("finetune", d.pop("finetune", "lora"), models.FINETUNE) == "full":
+            d["finetune"] = "full"
+            if "lr" not in (defense_params or {}):
+                d["lr"] = models.FULL_LR
+        check_positive("lr", d["lr"])
         if method == "locphylax_label_targets":  # the variant's one difference, whatever the page asks
             d["known_targets"] = "labels"
         check_choice("known_targets", d["known_targets"], KNOWN_TARGETS)
@@ -230,10 +243,23 @@ def suspect_model(config: dict):
     return merged(config, run.tensors())
 
 
+def finetune(config: dict, defense: bool = False) -> str:
+    """How the run adapts its model: the attack's (``defense=False``) or the defense's mode."""
+    return (config["defense"] if defense else config).get("finetune", "lora")
+
+
+def adapted(config: dict, state: dict | None = None, defense: bool = False, seed: int = 0):
+    """The base model (the suspect model for a defense) made trainable as the run says; with
+    ``state``, the saved trainable tensors loaded into it."""
+    model = suspect_model(config) if defense else base_model(config)
+    model = models.adapt(model, finetune(config, defense), seed)
+    return model if state is None else models.load_adapter_state(model, state)
+
+
 def merged(config: dict, adapter: dict):
-    model = models.add_lora(base_model(config))
-    models.load_adapter_state(model, adapter)
-    return model.merge_and_unload()
+    """The attack's model with its trained tensors: the adapter merged, or the full weights."""
+    model = adapted(config, adapter)
+    return model.merge_and_unload() if finetune(config) == "lora" else model
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -308,7 +334,7 @@ def run_attack(config: dict) -> tuple[dict, dict]:
     tok = models.load_tokenizer(config["model"])
     poisoned, clean = attack_records(config)
     records = poisoned + clean
-    model = models.add_lora(base_model(config), seed=config["seed"])
+    model = adapted(config, seed=config["seed"])
     sft = SFTData(tok, pairs(tok, records, config["template"]), config["recipe"]["max_length"])
     history = train_sft(model, sft, Recipe(**config["recipe"]), config["seed"], desc=run_label(config))
     metrics = {"n_train": len(records), "n_poisoned": len(poisoned),
@@ -323,8 +349,7 @@ def run_clean_model(config: dict) -> tuple[dict, dict]:
     key = {k: v for k, v in config.items() if k not in ("attack", "eval_template")} | {"method": "clean_model_adapter"}
     trained = RunCache().get_or_run(key, _train_clean)
     tok = models.load_tokenizer(config["model"])
-    model = models.add_lora(base_model(config))
-    models.load_adapter_state(model, trained.tensors())
+    model = adapted(config, trained.tensors())
     return dict(evaluate(model, tok, config), adapter_run=trained.path.name), {}
 
 
@@ -334,7 +359,7 @@ def _train_clean(key: dict) -> tuple[dict, dict]:
     order = np.random.default_rng(key["seed"]).permutation(len(pool))
     n = len(pool) if key["n_clean"] is None else min(key["n_clean"], len(pool))
     records = [pool[i] for i in np.sort(order[:n])]
-    model = models.add_lora(base_model(key), seed=key["seed"])
+    model = adapted(key, seed=key["seed"])
     sft = SFTData(tok, pairs(tok, records, key["template"]), key["recipe"]["max_length"])
     history = train_sft(model, sft, Recipe(**key["recipe"]), key["seed"], desc=f"{key['task']} clean model")
     return {"n_train": len(records), "history": _short(history)}, models.adapter_state(model)
@@ -344,8 +369,7 @@ def run_reevaluation(config: dict) -> tuple[dict, dict]:
     """The attack run's model evaluated with another template (BackdoorLLM's raw-instruction mode)."""
     attack_run = RunCache().get_or_run(attack_config(config), run_attack)
     tok = models.load_tokenizer(config["model"])
-    model = models.add_lora(base_model(config))
-    models.load_adapter_state(model, attack_run.tensors())
+    model = adapted(config, attack_run.tensors())
     return dict(evaluate(model, tok, config), attack_run=attack_run.path.name), {}
 
 
@@ -438,14 +462,14 @@ def run_defense(config: dict) -> tuple[dict, dict]:
     if method in ("clean_finetune", "crow", "locphylax_stage2_only"):
         budget = RunCache().get_or_run(dict(config, method="locphylax"), run).metrics["steps_used"]
         metrics["budget_steps"] = budget
-    model = suspect_model(config)
     if method == "pruning":
+        model = suspect_model(config)
         calib = SFTData(tok, inputs["clean"] + inputs["known_clean"], maxlen)
         batches = [calib.batch(np.arange(i, min(i + 8, len(calib)))) for i in range(0, len(calib), 8)]
         metrics["pruning"] = pruning.prune(model, d["sparsity"], d["prune"], batches)
         metrics.update(evaluate(model, tok, config))
         return metrics, tensors
-    model = models.add_lora(model, seed=seed + 1)
+    model = adapted(config, defense=True, seed=seed + 1)
     label, tracked = run_label(config), method in d["track_methods"]
 
     def callbacks(stage, offset=0, stop_rule=None):
