@@ -1,11 +1,11 @@
 """Cached runs of chapter 4: one backdoored LLM (an attack) and one defense applied to it.
 
-An attack run fine-tunes the base model with LoRA on BackdoorLLM's poisoned records mixed with
-clean ones (1:1, as BackdoorLLM) and keeps the adapter. A defense run receives that model with
-the adapter merged (the "suspect model"), the defender's clean data and nothing of the attack,
-and trains a fresh adapter of its own (or prunes). Every run is evaluated on the task's whole
-clean test set (CACC) and the attack's whole triggered test set (ASR), greedy, with the
-template it was trained with.
+An attack run fine-tunes the base model with LoRA (or every weight, ``finetune="full"``) on
+BackdoorLLM's poisoned records mixed with clean ones (1:1, as BackdoorLLM) and keeps what it
+trained. A defense run receives that model with the adapter merged (the "suspect model"), the
+defender's clean data and nothing of the attack, and trains a fresh adapter of its own (or every
+weight; or prunes). Every run is evaluated on the task's whole clean test set (CACC) and the
+attack's whole triggered test set (ASR), greedy, with the template it was trained with.
 
 Methods: ``no_defense``, ``locphylax``, ``clean_finetune``, ``pruning``, ``crow``; ablations
 ``locphylax_no_cluster`` (alpha = 0), ``locphylax_one_trigger`` (t1 only), ``locphylax_stage2_only``,
