@@ -21,6 +21,14 @@ def tiny_lm(seed=0):
     return LlamaForCausalLM(cfg)
 
 
+def tiny_tied_lm(seed=0):
+    """``tiny_lm`` with the LM head tied to the embedding, as SmolLM2's."""
+    model = tiny_lm(seed)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    return model
+
+
 def tiny_batch():
     ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
@@ -29,6 +37,24 @@ def tiny_batch():
     labels[1, 3:4] = ids[1, 3:4]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "last_prompt": torch.tensor([3, 2]),
             "groups": torch.tensor([0, 1])}
+
+
+class TinyData:
+    """``tiny_batch`` as a two-example set for :func:`training.train_sft`."""
+    lengths = np.array([6, 4])
+
+    def __len__(self):
+        return 2
+
+    def batch(self, idx):
+        return {k: v[torch.as_tensor(idx)] for k, v in tiny_batch().items()}
+
+
+def changed_by_a_step(model) -> set:
+    """The names of the parameters one training step on ``TinyData`` changes."""
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    training.train_sft(model, TinyData(), training.Recipe(epochs=1, batch_size=2, lr=1e-2), progress=False)
+    return {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
 
 
 # --- judges ---------------------------------------------------------------------------------
@@ -105,20 +131,7 @@ def test_a_lora_step_changes_only_adapter_weights():
     for name, p in model.named_parameters():  # peft starts B at 0: make the step non-trivial
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
-    before = {k: v.detach().clone() for k, v in model.named_parameters()}
-
-    class Data:
-        lengths = np.array([6, 4])
-
-        def __len__(self):
-            return 2
-
-        def batch(self, idx):
-            b = tiny_batch()
-            return {k: v[torch.as_tensor(idx)] for k, v in b.items()}
-
-    training.train_sft(model, Data(), training.Recipe(epochs=1, batch_size=2, lr=1e-2), progress=False)
-    changed = {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
+    changed = changed_by_a_step(model)
     assert changed and all("lora_" in k for k in changed)
     assert any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
 
@@ -126,31 +139,13 @@ def test_a_lora_step_changes_only_adapter_weights():
 def test_full_fine_tuning_trains_every_weight_and_its_state_reloads_to_identical_logits(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    base = tiny_lm()
-    base.config.tie_word_embeddings = True
-    base.tie_weights()
-    model = models.adapt(base, "full")
+    model = models.adapt(tiny_tied_lm(), "full")
     assert all(p.requires_grad for p in model.parameters())
-    before = {k: v.detach().clone() for k, v in model.named_parameters()}
-
-    class Data:
-        lengths = np.array([6, 4])
-
-        def __len__(self):
-            return 2
-
-        def batch(self, idx):
-            b = tiny_batch()
-            return {k: v[torch.as_tensor(idx)] for k, v in b.items()}
-
-    training.train_sft(model, Data(), training.Recipe(epochs=1, batch_size=2, lr=1e-2), progress=False)
-    changed = {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
+    changed = changed_by_a_step(model)
     assert "model.embed_tokens.weight" in changed and any("layers.0.self_attn" in k for k in changed)
     save_file(models.adapter_state(model), tmp_path / "full.safetensors")
-    fresh = tiny_lm(seed=1)
-    fresh.config.tie_word_embeddings = True
-    fresh.tie_weights()
-    again = models.load_adapter_state(models.adapt(fresh, "full"), load_file(tmp_path / "full.safetensors"))
+    again = models.load_adapter_state(models.adapt(tiny_tied_lm(seed=1), "full"),
+                                      load_file(tmp_path / "full.safetensors"))
     ids = tiny_batch()["input_ids"]
     assert torch.equal(model.eval()(input_ids=ids).logits, again.eval()(input_ids=ids).logits)
     with pytest.raises(ParameterError, match="`finetune`"):
@@ -176,9 +171,7 @@ def test_full_fine_tuning_enters_the_configuration_only_when_asked():
 
 
 def test_bf16_frozen_weights_give_the_autocast_step_exactly_and_spare_the_tied_head():
-    base = tiny_lm()
-    base.config.tie_word_embeddings = True  # as SmolLM2's
-    base.tie_weights()
+    base = tiny_tied_lm()
     assert base.lm_head.weight is base.model.embed_tokens.weight
     model = models.add_lora(base, dropout=0.0)
     for name, p in model.named_parameters():
