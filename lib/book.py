@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from . import machine, paths
+from . import machine, paths, profiles
 from .params import ParameterError, check_choice, check_choices
 from .paths import REPO_ROOT
 from .progress import ENV as PROGRESS_ENV, Monitor
@@ -33,7 +33,7 @@ from .progress import ENV as PROGRESS_ENV, Monitor
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
 EXPERIMENTS = REPO_ROOT / "experiments"
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = profiles.NAMES
 # pages that summarise the chapters' outputs: executed after every chapter, in this order
 SUMMARY_PAGES = ("reproducibility", "performance", "intro")
 

@@ -6,8 +6,19 @@ and anything else the run must keep, such as a random trigger). A directory
 appears only once all three are written, so an interrupted sweep leaves no
 half-written result and resumes at the first run that is missing.
 
+Runs may need other runs: a defense needs the model it defends. A domain says so with
+``requires(config) -> [configs]``; :meth:`RunCache.sweep` then trains what is missing layer by
+layer (the runs nothing missing is needed for first, then the runs that need them), each layer
+through the same executor and this same cache, and hands each run its dependencies, loaded.
+So a dependency is trained once, even when many runs that need it go out at once on a cluster,
+and no run function opens a cache of its own.
+
+A save interrupted by a killed process leaves a ``.tmp-*`` folder; a cache removes those that
+nobody has written to for a day (``STALE_S``) when it opens.
+
 >>> cache = RunCache(tmp_path)
 >>> run = cache.get_or_run({"lr": 0.1}, lambda cfg: ({"acc": 0.5}, {}))
+>>> runs = cache.sweep([defense], train, requires=lambda c: [c["attack"]] if "attack" in c else [])
 """
 from __future__ import annotations
 
@@ -15,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +39,8 @@ from . import executors, paths, progress
 
 Tensors = dict[str, torch.Tensor]
 RunFn = Callable[[dict], "tuple[dict, Tensors]"]
+Requires = Callable[[dict], "list[dict]"]
+STALE_S = 24 * 3600  # a temporary folder untouched this long belongs to a save that died
 
 
 def config_hash(config: dict) -> str:
@@ -47,6 +61,24 @@ class Run:
 class RunCache:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else paths.runs_dir()
+        self.remove_stale()
+
+    def remove_stale(self, older_than_s: float = STALE_S) -> list[str]:
+        """Remove the temporary folders of saves that died (none written to for ``older_than_s``);
+        a save in progress writes into its folder within seconds, so it is never one of them."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        now = time.time()
+        for tmp in [*self.root.glob(".tmp-*"), *self.root.glob(".old-*")]:
+            try:
+                newest = max([tmp.stat().st_mtime] + [f.stat().st_mtime for f in tmp.iterdir()])
+                if now - newest > older_than_s:
+                    shutil.rmtree(tmp)
+                    removed.append(tmp.name)
+            except FileNotFoundError:  # another process finished (or removed) it meanwhile
+                continue
+        return removed
 
     def path(self, config: dict) -> Path:
         return self.root / config_hash(config)
@@ -85,21 +117,92 @@ class RunCache:
         return self.save(config, metrics, tensors)
 
     def sweep(self, configs: Iterable[dict], fn: RunFn, force: bool = False, desc: str = "runs",
-              label: Callable[[dict], str] | None = None, executor=None) -> list[Run]:
+              label: Callable[[dict], str] | None = None, executor=None,
+              requires: Requires | None = None) -> list[Run]:
         """Run every configuration missing from the cache, then load them all, in order.
 
         The missing runs go to ``executor`` (a name or an object; default ``MOEBD_EXECUTOR``,
         else ``local``: see :mod:`moebackdoor.executors`). ``label`` names a run in progress reports.
+
+        ``requires(config)`` lists the runs a configuration needs (trained by the same ``fn``);
+        with it, ``fn(config, deps)`` receives them as loaded :class:`Run` objects, in that order.
+        The missing runs are trained in layers (:meth:`plan`): dependencies first, each once.
+        ``force`` retrains ``configs`` themselves, not what they need.
         """
         configs = list(configs)
-        todo = list({config_hash(c): c for c in configs if force or not self.has(c)}.values())
+        layers = self.plan(configs, requires, force)
         ex = executors.resolve(executor)
-        progress.emit("sweep", desc=desc, total=len(configs), todo=len(todo))
-        try:
-            ex.run(self, todo, fn, label or default_label)
-        finally:
-            progress.emit("sweep_done")
+        run_fn = fn if requires is None else WithDependencies(fn, requires, self)
+        label = label or default_label
+        if len(layers) <= 1:
+            todo = layers[0] if layers else []
+            progress.emit("sweep", desc=desc, total=len(configs), todo=len(todo))
+            try:
+                ex.run(self, todo, run_fn, label)
+            finally:
+                progress.emit("sweep_done")
+        for i, layer in enumerate(layers if len(layers) > 1 else []):
+            what = "needed by the next" if i < len(layers) - 1 else "the runs asked for"
+            progress.emit("sweep", desc=f"{desc}, layer {i + 1} of {len(layers)} ({what})",
+                          total=len(layer), todo=len(layer), layer=i + 1, layers=len(layers))
+            try:
+                ex.run(self, layer, run_fn, label)
+            finally:
+                progress.emit("sweep_done")
         return [self.load(c) for c in configs]
+
+    def sweep_groups(self, groups: dict[str, list[dict]], fn: RunFn, **kwargs) -> dict[str, list[Run]]:
+        """:meth:`sweep` over named groups of configurations at once (one sweep, so that a
+        cluster gets every missing run together): the runs, by the same names."""
+        flat = [c for configs in groups.values() for c in configs]
+        runs = iter(self.sweep(flat, fn, **kwargs))
+        return {name: [next(runs) for _ in configs] for name, configs in groups.items()}
+
+    def plan(self, configs: Iterable[dict], requires: Requires | None = None,
+             force: bool = False) -> list[list[dict]]:
+        """The missing runs in the order they can be trained: layer 0 needs nothing that is
+        missing, layer k needs only runs of layers below k. A run that is cached (and not forced)
+        is not looked into: what it needed was there when it ran."""
+        asked = {config_hash(c): c for c in configs}
+        depth: dict[str, int | None] = {}  # None: cached, nothing to train
+        visiting: set[str] = set()
+        order: list[tuple[str, dict]] = []
+
+        def visit(c: dict) -> int | None:
+            h = config_hash(c)
+            if h in depth:
+                return depth[h]
+            if h in visiting:
+                raise ValueError(f"runs that need each other: {json.dumps(c, sort_keys=True)[:200]}")
+            if self.has(c) and not (force and h in asked):
+                depth[h] = None
+                return None
+            visiting.add(h)
+            below = [visit(d) for d in (requires(c) if requires is not None else [])]
+            visiting.discard(h)
+            depth[h] = 1 + max([d for d in below if d is not None], default=-1)
+            order.append((h, c))
+            return depth[h]
+
+        for c in asked.values():
+            visit(c)
+        layers: list[list[dict]] = [[] for _ in range(1 + max([d for d in depth.values() if d is not None],
+                                                            default=-1))]
+        for h, c in order:
+            layers[depth[h]].append(c)
+        return layers
+
+
+@dataclass
+class WithDependencies:
+    """``fn(config, deps)`` as a run function of one argument: it loads ``requires(config)`` from
+    ``cache`` (where the sweep's earlier layers put them). Picklable, for the ``ray`` executor."""
+    fn: Callable
+    requires: Requires
+    cache: RunCache
+
+    def __call__(self, config: dict):
+        return self.fn(config, [self.cache.load(d) for d in self.requires(config)])
 
 
 def default_label(config: dict) -> str:

@@ -44,3 +44,63 @@ def test_force_retrains_and_replaces(tmp_path):
     run = cache.get_or_run({"i": 1}, _train(calls), force=True)
     assert calls == [1, 1] and run.metrics == {"score": 2}
     assert [p.name for p in tmp_path.iterdir()] == [config_hash({"i": 1})]
+
+
+def _graph_train(calls):
+    """A run that records its order; a 'defense' adds its attack's score, read from its dependency."""
+    def fn(config, deps):
+        calls.append(config["name"])
+        score = 1 + sum(d.metrics["score"] for d in deps)
+        return {"score": score}, {"w": torch.full((1,), float(score))}
+    return fn
+
+
+GRAPH = {"attack": {"name": "attack"}, **{f"defense {i}": {"name": f"defense {i}", "needs": ["attack"]}
+                                         for i in range(3)}}
+
+
+def _needs(config):
+    return [GRAPH[n] for n in config.get("needs", [])]
+
+
+def test_a_sweep_trains_what_runs_need_first_and_each_once(tmp_path):
+    cache, calls = RunCache(tmp_path), []
+    defenses = [GRAPH[f"defense {i}"] for i in range(3)]
+    top = {"name": "analysis", "needs": ["defense 0", "attack"]}
+    assert [[c["name"] for c in layer] for layer in cache.plan(defenses + [top], _needs)] == \
+        [["attack"], ["defense 0", "defense 1", "defense 2"], ["analysis"]]
+    runs = cache.sweep(defenses + [top], _graph_train(calls), requires=_needs)
+    assert calls == ["attack", "defense 0", "defense 1", "defense 2", "analysis"]
+    assert [r.metrics["score"] for r in runs] == [2, 2, 2, 4]  # the dependencies' own metrics reached them
+    assert not cache.plan(defenses + [top], _needs)  # all cached: nothing to train, nothing looked into
+    calls.clear()
+    cache.sweep([top], _graph_train(calls), requires=_needs, force=True)
+    assert calls == ["analysis"]  # force retrains what was asked for, not what it needs
+
+
+def test_runs_that_need_each_other_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="need each other"):
+        RunCache(tmp_path).plan([{"name": "a", "needs": ["b"]}],
+                                lambda c: [{"name": "b", "needs": ["a"]}] if c["name"] == "a" else
+                                [{"name": "a", "needs": ["b"]}])
+
+
+def test_sweep_groups_returns_the_runs_by_name(tmp_path):
+    calls = []
+    out = RunCache(tmp_path).sweep_groups({"table": [{"i": 0}, {"i": 1}], "floor": [{"i": 1}]}, _train(calls))
+    assert calls == [0, 1]
+    assert {k: [r.metrics["score"] for r in v] for k, v in out.items()} == {"table": [0, 2], "floor": [2]}
+
+
+def test_a_stale_temporary_folder_is_removed_when_a_cache_opens_and_a_fresh_one_is_kept(tmp_path):
+    import os
+    import time
+    stale, fresh = tmp_path / ".tmp-abc-1", tmp_path / ".tmp-def-2"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "tensors.safetensors").write_bytes(b"half")
+    old = time.time() - 2 * 24 * 3600
+    for f in (stale / "tensors.safetensors", stale):
+        os.utime(f, (old, old))
+    RunCache(tmp_path)
+    assert not stale.exists() and fresh.exists()

@@ -7,7 +7,6 @@ that each trigger reaches on the clean model, the attack's baseline.
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
@@ -15,7 +14,8 @@ import pandas as pd
 import torch
 
 from ..metrics import accuracy, attack_success_rate, clean_accuracy_drop
-from ..params import ParameterError, check_bool, check_choice, check_choices, check_int, check_list, check_optional_int
+from ..params import ParameterError, check_bool, check_choices, check_int, check_list, check_optional_int
+from .. import profiles
 from ..runcache import RunCache
 from .datasets import SIZES, load_dataset, subset, to_tensor
 from .models import build_model
@@ -48,7 +48,7 @@ PROFILES = {
 
 
 def profile(name: str) -> dict:
-    return copy.deepcopy(PROFILES[check_choice("profile", name, PROFILES)])
+    return profiles.lookup(PROFILES, name)
 
 
 def attack_config(profile_name: str, dataset: str, trigger: str | None, rate: float, seed: int,
