@@ -10,6 +10,7 @@ import torch
 
 from moebackdoor import executors
 from moebackdoor.runcache import RunCache, config_hash
+from moebackdoor.vision import fine_pruning
 from moebackdoor.vision.attacks import attack_config, run_attack
 
 try:
@@ -125,3 +126,30 @@ def test_a_worker_that_dies_has_its_run_retried(local_ray, tmp_path):
     assert [_attempts(log, i) for i in range(4)] == [1, 1, 2, 1]
     assert [r.metrics["score"] for r in runs] == [0, 2, 4, 6]
     assert torch.equal(runs[2].tensors()["w"], torch.full((2,), 2.0))
+
+
+@needs_ray
+def test_defenses_whose_attack_is_missing_train_it_once_on_ray_with_the_local_metrics(
+        local_ray, companion_env, monkeypatch):
+    attack = attack_config("smoke", "cifar10", "square", 0.1, seed=0, n_train=500, n_test=200, epochs=1)
+    defenses = [fine_pruning.fine_pruning_config(attack, rate, epochs=1, n_activation=200) for rate in (0.0, 0.2, 0.3)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each 1-CPU Ray task
+    try:
+        local = fine_pruning.fine_pruning_results(defenses, RunCache(companion_env / "local"), executor="local")
+    finally:
+        torch.set_num_threads(threads)
+    events = companion_env / "events.jsonl"
+    monkeypatch.setenv("MOEBD_PROGRESS", str(events))
+    cache = RunCache(companion_env / "ray")
+    assert [len(layer) for layer in cache.plan(defenses, fine_pruning.requires)] == [1, 3]
+    remote = fine_pruning.fine_pruning_results(defenses, cache, executor="ray")
+    sent = [json.loads(line) for line in events.read_text().splitlines()]
+    trained = [e["label"] for e in sent if e["event"] == "run_done"]
+    assert trained.count(fine_pruning.label(attack)) == 1  # the attack: once, before its three defenses
+    assert trained.index(fine_pruning.label(attack)) == 0 and len(trained) == 4
+    assert [e["layers"] for e in sent if e["event"] == "sweep"] == [2, 2]  # the progress display names the layers
+    for a, b in zip(local, remote):
+        assert a.config == b.config
+        assert _untimed(a.metrics) == _untimed(b.metrics)
+    assert _finished(companion_env / "ray") == _finished(companion_env / "local")

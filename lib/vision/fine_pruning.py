@@ -14,9 +14,10 @@ import time
 import torch
 import torch.nn.utils.prune as prune
 
+from .. import profiles
 from ..metrics import accuracy, attack_success_rate
 from ..runcache import RunCache, config_hash
-from .attacks import SCHEMA, attack_run, load_model, run_label, run_trigger, test_tensors, train_tensors
+from .attacks import SCHEMA, load_model, run_attack, run_label, run_trigger, test_tensors, train_tensors
 from .datasets import load_dataset
 from .poisoning import check_rate, triggered_test_set
 from .routing import patch_masks, routing_rates
@@ -115,9 +116,19 @@ def _measure(model, x_test, y_test, xt, yt, target) -> dict:
             "asr": attack_success_rate(predict(model, xt), yt, target)}
 
 
-def run_fine_pruning(config: dict, cache: RunCache | None = None) -> tuple[dict, dict]:
+def requires(config: dict) -> list[dict]:
+    """What a run needs first: a Fine-Pruning run, the attack run whose model it defends."""
+    return [config["attack"]] if config.get("chapter") == "pmoe-fine-pruning" else []
+
+
+def run(config: dict, deps: list) -> tuple[dict, dict]:
+    """A run of the Fine-Pruning sweep: the defense on its loaded attack run, or that attack run."""
+    return run_fine_pruning(config, deps[0]) if deps else run_attack(config)
+
+
+def run_fine_pruning(config: dict, base) -> tuple[dict, dict]:
+    """Fine-Pruning of the model of ``base``, the cached attack run ``config["attack"]``."""
     attack = config["attack"]
-    base = attack_run(attack, cache)  # trained by chapter 1, or now
     data = load_dataset(attack["dataset"])
     seed = attack["seed"]
     x, y = train_tensors(attack)  # the attacked run's own images, clean: the defender's data
@@ -150,10 +161,16 @@ def run_fine_pruning(config: dict, cache: RunCache | None = None) -> tuple[dict,
 
 def fine_pruning_results(configs: list[dict], cache: RunCache | None = None, force: bool = False,
                          executor=None):
-    cache = cache or RunCache()
-    return cache.sweep(configs, lambda c: run_fine_pruning(c, cache), force, desc="Fine-Pruning runs",
-                       label=lambda c: f"Fine-Pruning {c['pruning_rate'] * 100:g}% of {run_label(c['attack'])}",
-                       executor=executor)
+    """Run (or load) every Fine-Pruning configuration; an attack run that is not cached (chapter 1
+    trains them) is trained first, once, however many runs defend it."""
+    return (cache or RunCache()).sweep(configs, run, force, desc="Fine-Pruning runs", label=label,
+                                       executor=executor, requires=requires)
+
+
+def label(config: dict) -> str:
+    if config.get("chapter") != "pmoe-fine-pruning":
+        return run_label(config)
+    return f"Fine-Pruning {config['pruning_rate'] * 100:g}% of {run_label(config['attack'])}"
 
 
 # Fine-tuning epochs and clean images for the activation means, per profile
@@ -167,7 +184,7 @@ def fine_pruning_grid(attack_configs: list[dict], profile_name: str, rates=(0.1,
     """Fine-Pruning at each of ``rates`` and fine-tuning alone (rate 0), fine-tuned with the
     training recipe; the persistent-mask variant at ``mask_rates``; and, where the training
     recipe is not the authors', their plain-SGD fine-tuning at ``authors_recipe_rates``."""
-    settings = PROFILES[profile_name]
+    settings = profiles.lookup(PROFILES, profile_name)
     configs = []
     for attack in attack_configs:
         configs += [fine_pruning_config(attack, r, **settings) for r in (*rates, 0.0)]
