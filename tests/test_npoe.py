@@ -7,7 +7,9 @@ from papermill.exceptions import PapermillExecutionError
 
 from moebackdoor import book
 from moebackdoor.params import ParameterError
-from moebackdoor.text import npoe_paper, runs
+from moebackdoor.text import methods, npoe_paper, runs
+from moebackdoor.text.config import (EXPERT_ORDER, FIGURES, METHODS, expert_config, figure_configs, pretrain_batches,
+                                     profile, requires, run_config, selection_configs, with_beta)
 
 
 def test_npoe_chapter_executes_at_smoke(companion_env):
@@ -15,37 +17,37 @@ def test_npoe_chapter_executes_at_smoke(companion_env):
     table = pd.read_csv(companion_env / "generated" / "tables" / f"{npoe_paper.TABLE_ID}.csv", keep_default_na=False,
                         na_values=[""])
     assert list(table.columns) == npoe_paper.COLUMNS
-    assert set(table.method) == set(runs.METHODS)
+    assert set(table.method) == set(METHODS)
     overall = table[table.trigger.isna()]
-    assert len(overall) == len(runs.METHODS) and overall.cacc.between(0, 100).all()
+    assert len(overall) == len(METHODS) and overall.cacc.between(0, 100).all()
     assert set(table.trigger.dropna()) == {"badnet", "insertsent", "syntactic", "style"}  # smoke: the 4-trigger mix
     npoe = overall[overall.method == "npoe"].iloc[0]
     assert npoe.paper_asr == pytest.approx(44.7) and npoe.paper_cacc == pytest.approx(91.5)  # percent
-    for figure in runs.FIGURES:
+    for figure in FIGURES:
         assert (companion_env / "generated" / "figures" / f"{figure}.png").stat().st_size > 1000
         sens = pd.read_csv(companion_env / "generated" / "tables" / f"{figure}.csv")
         assert sens[sens.method == "npoe"].value.nunique() == 2  # smoke: two values per figure
 
 
 def test_figure_runs_vary_one_setting_each():
-    table = runs.run_config("quick", "sst2", "mix3", "npoe")
-    beta = runs.figure_configs("quick", "npoe-fig-beta")  # the pseudo-dev selection sweep, at its scale
-    assert [c["poe"]["beta"] for c in beta] == [1.0, 4.0, 8.0] and beta == runs.selection_configs(table)
+    table = run_config("quick", "sst2", "mix3", "npoe")
+    beta = figure_configs("quick", "npoe-fig-beta")  # the pseudo-dev selection sweep, at its scale
+    assert [c["poe"]["beta"] for c in beta] == [1.0, 4.0, 8.0] and beta == selection_configs(table)
     assert all(c["n_train"] == 1500 and c["recipe"]["epochs"] == 2 for c in beta)
     assert beta[0] == table | {"n_train": 1500}  # quick trains 2 epochs anyway
-    depth = runs.figure_configs("quick", "npoe-fig-expert-depth")
+    depth = figure_configs("quick", "npoe-fig-expert-depth")
     assert all(c["n_train"] == 1500 and c["recipe"]["epochs"] == 2 for c in depth)  # the figure scale
     assert [c["experts"]["layers"] for c in depth] == [1, 3]
-    gate = runs.figure_configs("quick", "npoe-fig-gate-layers")
+    gate = figure_configs("quick", "npoe-fig-gate-layers")
     assert [c["experts"]["gate_layers"] for c in gate] == [1, 2]
     assert depth[0] == gate[1] == beta[0]  # one run serves three figures
-    rate = runs.figure_configs("quick", "npoe-fig-double-rate")
+    rate = figure_configs("quick", "npoe-fig-double-rate")
     assert [(c["method"], round(100 * sum(c["rates"].values()))) for c in rate] == \
         [("no_defense", 20), ("npoe", 20), ("no_defense", 40), ("npoe", 40)]
     with pytest.raises(ParameterError, match="parameter `figure`"):
-        runs.figure_configs("quick", "npoe-fig-9")
+        figure_configs("quick", "npoe-fig-9")
     with pytest.raises(ParameterError, match="parameter `beta`"):
-        runs.figure_configs("quick", "npoe-fig-beta", values=[0])
+        figure_configs("quick", "npoe-fig-beta", values=[0])
 
 
 class _Run:
@@ -59,16 +61,16 @@ class _Run:
 def test_beta_is_selected_at_the_selection_scale_and_the_choice_retrained_at_the_tables(monkeypatch):
     trained = []
     monkeypatch.setattr(runs, "results", lambda configs, **kw: trained.append(configs) or [_Run(c) for c in configs])
-    table = runs.run_config("quick", "sst2", "mix3", "npoe")
+    table = run_config("quick", "sst2", "mix3", "npoe")
     chosen, candidates, k = runs.select_npoe(table)
     assert [c["n_train"] for c in trained[0]] == [1500] * 3 and k == 1
-    assert trained[1] == [runs.with_beta(table, 4.0)] and chosen.config == runs.with_beta(table, 4.0)
-    small = runs.run_config("quick", "sst2", "mix3", "npoe", n_train=1000, epochs=1)  # never above the table's
-    assert {(c["n_train"], c["recipe"]["epochs"]) for c in runs.selection_configs(small)} == {(1000, 1)}
+    assert trained[1] == [with_beta(table, 4.0)] and chosen.config == with_beta(table, 4.0)
+    small = run_config("quick", "sst2", "mix3", "npoe", n_train=1000, epochs=1)  # never above the table's
+    assert {(c["n_train"], c["recipe"]["epochs"]) for c in selection_configs(small)} == {(1000, 1)}
     trained.clear()  # no selection scale (smoke, paper): the chosen candidate is the table's run
-    smoke = runs.run_config("smoke", "sst2", "mix4", "npoe")
+    smoke = run_config("smoke", "sst2", "mix4", "npoe")
     chosen, candidates, k = runs.select_npoe(smoke, betas=[1.0, 2.0, 4.0])
-    assert len(trained) == 1 and chosen is candidates[k] and chosen.config == runs.with_beta(smoke, 4.0)
+    assert len(trained) == 1 and chosen is candidates[k] and chosen.config == with_beta(smoke, 4.0)
     assert runs.select_npoe(smoke, betas=[1.0, 2.0, 4.0], rule="paper")[2] == k
     with pytest.raises(ParameterError, match="parameter `select_rule`"):
         runs.select_npoe(smoke, rule="authors")
@@ -82,7 +84,7 @@ def test_beta_is_selected_at_the_selection_scale_and_the_choice_retrained_at_the
 def test_bad_run_settings_name_the_parameter(kwargs, name):
     args = dict(profile_name="smoke", dataset="sst2", setting="mix3", method="npoe") | kwargs
     with pytest.raises(ParameterError, match=f"parameter `{name}`"):
-        runs.run_config(**args)
+        run_config(**args)
 
 
 def test_bad_chapter_parameters_fail_before_any_work(tmp_path, monkeypatch):
@@ -150,11 +152,11 @@ def test_npoe_trains_its_experts_jointly_or_keeps_them_as_pretrained():
     from moebackdoor.text.models import load_tokenizer
     from moebackdoor.text.training import PoE, Recipe, Tokenized, train_poe
 
-    for profile in ("smoke", "quick", "paper"):
-        assert runs.run_config(profile, "sst2", "mix3", "npoe")["poe"]["train_experts"] is True
-    frozen = runs.run_config("quick", "sst2", "mix3", "npoe", poe_params={"train_experts": False})
+    for name in ("smoke", "quick", "paper"):
+        assert run_config(name, "sst2", "mix3", "npoe")["poe"]["train_experts"] is True
+    frozen = run_config("quick", "sst2", "mix3", "npoe", poe_params={"train_experts": False})
     assert frozen["poe"]["train_experts"] is False
-    tokenizer = load_tokenizer(runs.profile("smoke")["encoder"])
+    tokenizer = load_tokenizer(profile("smoke")["encoder"])
     data = Tokenized(tokenizer, TextSet(["a fine film", "cf a dull film", "bad", "good fun"], np.array([1, 1, 0, 1])), 16)
 
     def tiny(labels, seed):
@@ -203,19 +205,21 @@ def test_pretrained_experts_are_cached_runs_shared_across_beta_and_reloaded_exac
     same weights instead of pre-training again, and they equal a fresh pre-training's."""
     from moebackdoor.runcache import RunCache
 
-    config = runs.run_config("smoke", "sst2", "mix4", "npoe")
-    keys = [runs.expert_config(config, j) for j in range(config["experts"]["n"])]
-    assert keys == [runs.expert_config(runs.with_beta(config, 4.0), j) for j in range(len(keys))]
-    assert runs.expert_config(runs.run_config("smoke", "sst2", "mix4", "npoe", expert_params={"layers": 2}), 0) != keys[0]
-    assert [k["trigger"] for k in keys] == list(runs.EXPERT_ORDER)
+    config = run_config("smoke", "sst2", "mix4", "npoe")
+    keys = [expert_config(config, j) for j in range(config["experts"]["n"])]
+    assert keys == [expert_config(with_beta(config, 4.0), j) for j in range(len(keys))]
+    assert expert_config(run_config("smoke", "sst2", "mix4", "npoe", expert_params={"layers": 2}), 0) != keys[0]
+    assert [k["trigger"] for k in keys] == list(EXPERT_ORDER)
     # quick pre-trains to the authors' 800-batch cap; smoke for its one epoch over 32 sentences
-    assert runs.pretrain_batches(runs.run_config("quick", "sst2", "mix3", "npoe")) == 800
-    assert runs.pretrain_batches(config) == 2 == config["experts"]["pretrain_steps"]
-    assert runs.pretrain_batches(runs.run_config("quick", "sst2", "mix3", "dpoe")) == 0
-    first, _, pre_first = runs._experts(config)
+    assert pretrain_batches(run_config("quick", "sst2", "mix3", "npoe")) == 800
+    assert pretrain_batches(config) == 2 == config["experts"]["pretrain_steps"]
+    assert pretrain_batches(run_config("quick", "sst2", "mix3", "dpoe")) == 0
+    cache = RunCache()  # the experts are the runs an NPoE run requires, trained by the same sweep
+    first, _, pre_first = methods.poe_parts(config, cache.sweep(requires(config), runs.run, requires=requires))
     assert all(RunCache().has(k) for k in keys)
-    second, _, pre_second = runs._experts(runs.with_beta(config, 4.0))
+    beta4 = with_beta(config, 4.0)
+    second, _, pre_second = methods.poe_parts(beta4, cache.sweep(requires(beta4), runs.run, requires=requires))
     assert pre_first == pre_second and pre_first[0]["steps"] == config["experts"]["pretrain_steps"]
-    _, fresh = runs.pretrain_run(keys[0])
+    _, fresh = methods.pretrain(keys[0])
     for name, value in fresh.items():
         assert torch.equal(first[0].state_dict()[name], value) and torch.equal(second[0].state_dict()[name], value)

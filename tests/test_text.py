@@ -294,7 +294,7 @@ def test_pseudo_dev_selection_follows_the_authors_rule():
 def test_routing_groups_rows_by_trigger_and_averages_by_hand():
     """Six training rows: 0-1 BadNet (row 1 was already of the target class), 2 InsertSent,
     3-5 clean (row 5 of the target class); two experts, target 1."""
-    from moebackdoor.text.runs import routing
+    from moebackdoor.text.evaluation import routing
 
     gate = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6], [0.0, 1.0]])
     experts = torch.zeros(2, 6, 2)

@@ -36,7 +36,7 @@ from .. import benchmarks
 from ..benchmarks import matmul_rate
 from .data import load_split
 from .models import DEFAULT_ENCODER, MAX_LENGTH, cls_only_last_layer, load_classifier, load_tokenizer
-from .runs import profile
+from .config import profile
 from .training import (PoE, Recipe, Tokenized, bucketed_batches, plain_batches, train_classifier, train_poe,
                        training_loss)
 

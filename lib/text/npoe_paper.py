@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .. import style
-from . import poe, runs
+from . import poe
+from .config import pretrain_batches, profile
 
 
 TABLE_ID = "npoe-results"
@@ -216,7 +217,7 @@ def scale_table(config: dict, fig_config: dict | None, seeds, onion_n_test, bki_
             "training sentences": config["n_train"] or "all", "epochs": r["epochs"], "max tokens": r["max_length"],
             "lr (main)": _lr(r["lr"]), "lr (NPoE's experts, gate)": _lr(r["small_lr"]),
             "lr (DPoE's expert)": _lr(dpoe_config["recipe"]["small_lr"]) if dpoe_config else "-",
-            "expert pre-training (batches)": runs.pretrain_batches(config) if "experts" in config else "-",
+            "expert pre-training (batches)": pretrain_batches(config) if "experts" in config else "-",
             "batch": r["batch_size"],
             "seeds": len(seeds), "ONION test sentences": onion_n_test or "all",
             "BKI sentences scored": bki_n_score or "all"}
@@ -277,7 +278,7 @@ def selection_text(table: pd.DataFrame) -> str:
 
 
 def routing_table(run) -> pd.DataFrame | None:
-    """Where NPoE's gate sends each kind of non-target training row (``runs.routing``): the gate's
+    """Where NPoE's gate sends each kind of non-target training row (``evaluation.routing``): the gate's
     mean weight on each expert, each expert's and the mixture's mean probability of the target,
     and the main model's, in percent. Experts are named by their pre-training trigger type."""
     routing = run.metrics.get("routing")
@@ -344,3 +345,88 @@ def routing_text(table: pd.DataFrame) -> str:
                           f"the best expert alone. The gate puts {weak:.0f} % of that weight on experts whose "
                           f"separation is under a fifth of the best's, which pass the product almost nothing; β "
                           f"multiplies only what the gate passes.")
+
+
+# the page's displays, each from the grid (:func:`experiment.npoe_grid`) and its results
+# (:func:`experiment.npoe_results`); a list of str (Markdown) and tables is shown in order
+
+def settings_text(runnable, skipped) -> str:
+    """Markdown: which (dataset, setting) pairs run, and why the others cannot."""
+    return "\n".join([f"- **{ds}**, {setting}: runs." for ds, setting in runnable] +
+                     [f"- **{ds}**, {setting}: not run, no pre-generated {' or '.join(m)} set exists for {ds}."
+                      for ds, setting, m in skipped])
+
+
+def page_scale_table(grid) -> pd.DataFrame | None:
+    """:func:`scale_table` for the page: its NPoE run (else its first), its figures' first run, DPoE's run."""
+    if not grid.table:
+        return None
+    p = profile(grid.profile)
+    fig_config = next(iter(grid.figures.values()))[0] if grid.figures else None
+    return scale_table(grid.config_of("npoe") or grid.table[0], fig_config, grid.seeds, p["onion_n_test"],
+                       p["bki_n_score"], grid.config_of("dpoe"))
+
+
+def page_glue(grid, res) -> dict:
+    """The numbers the page's prose names (glue name -> value)."""
+    p = profile(grid.profile)
+    fig_scale = next((cs[0] for f, cs in grid.figures.items() if f != "npoe-fig-beta"),
+                     grid.table[0] if grid.table else {"n_train": None, "recipe": {"epochs": 0}})
+    return {"select_n_train": f"{res.select_n_train:,}" if res.select_n_train else "all",
+            "select_rule": grid.select_rule, "train_minutes": float(res.train_minutes),
+            "onion_n_test": p["onion_n_test"] or "all", "bki_n_score": f'{p["bki_n_score"] or "all"}',
+            "fig_dataset": grid.fig_dataset, "fig_setting": grid.fig_setting,
+            "fig_n_train": fig_scale["n_train"] or "all", "fig_epochs": fig_scale["recipe"]["epochs"]}
+
+
+def tables_1_2(table: pd.DataFrame, runnable) -> list:
+    """Tables 1 and 2: each (dataset, setting) with its heading, as :func:`display_table`."""
+    return [x for ds, setting in runnable
+            for x in (f"**{ds}, {setting}** (the paper's Table {2 if setting == 'mix4' else 1})",
+                      display_table(table, ds, setting))]
+
+
+def pretraining_table(run) -> pd.DataFrame | None:
+    """How well each of a run's experts learned its own pre-training set (None: not pre-trained)."""
+    pre = pd.DataFrame(run.metrics.get("pretraining", []))
+    if not len(pre):
+        return None
+    pre.index = [f"expert {i + 1}" for i in range(len(pre))]
+    return pre.rename(columns={"trigger": "pre-training trigger type", "train_accuracy": "accuracy on its set (%)",
+                               "final_loss": "last batch's loss", "steps": "batches",
+                               "seconds": "seconds (when trained)"})
+
+
+def inside_npoe(selections: dict) -> list:
+    """Per chosen NPoE run: its experts' pre-training table, then its routing table and text."""
+    out = []
+    for (ds, setting, seed), (_, _, run) in selections.items():
+        pre = pretraining_table(run)
+        if pre is not None:
+            out += [f"**{ds}, {setting}, seed {seed}, β = {run.config['poe']['beta']:g}**: expert pre-training", pre]
+        rt = routing_table(run)
+        if rt is not None:
+            out += [rt, routing_text(rt)]
+    return out
+
+
+def figure_text(table: pd.DataFrame, figure: str) -> str:
+    """Markdown above a sensitivity figure: what it varies, the paper's trend and ours."""
+    label = FIGURES[figure][1]
+    return (f"**{label[:1].upper() + label[1:]}** (`{figure}`). The paper: "
+            f"{PAPER_TRENDS[figure] or NOT_OBTAINED}. Ours: {trend_text(table, figure)}.")
+
+
+def summary_text(table: pd.DataFrame, runnable, n_runs: int, minutes: float) -> str:
+    """Markdown: NPoE against No defense per setting, and what the page's runs cost."""
+    lines = []
+    for ds, setting in runnable:
+        t = table[(table.dataset == ds) & (table.setting == setting) & (table.trigger == "")].set_index("method")
+        if {"no_defense", "npoe"} <= set(t.index):
+            lines.append(f"- {ds}, {setting}: NPoE brings the ASR from {t.asr['no_defense']:.1f} % (no defense) "
+                         f"to {t.asr['npoe']:.1f} %, at a CACC of {t.cacc['npoe']:.1f} % "
+                         f"(no defense {t.cacc['no_defense']:.1f} %).")
+    lines.append(f"- This page's {n_runs} runs took {minutes:.0f} minutes to train and evaluate when "
+                 "they were trained (runs trained before per-run wall times were recorded count their training and "
+                 "defense time only). They are cached (`.cache/runs/`): re-running the page retrains nothing that exists.")
+    return "\n".join(lines)
