@@ -136,7 +136,7 @@ class RunCache:
         label = label or default_label
         if len(layers) <= 1:
             todo = layers[0] if layers else []
-            progress.emit("sweep", desc=desc, total=len(configs), todo=len(todo))
+            progress.emit("sweep", desc=desc, total=len({config_hash(c) for c in configs}), todo=len(todo))
             try:
                 ex.run(self, todo, run_fn, label)
             finally:

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from moebackdoor.vision.fine_pruning import (apply_pruning, expert_channel_means, expert_convs,
                                              pruning_plan, remove_masks)
 from moebackdoor.vision.models import PMoEWRN
+from moebackdoor.runcache import config_hash
 from moebackdoor.vision.training import Recipe, train
 
 
@@ -67,3 +68,21 @@ def test_channel_means_match_a_direct_computation():
         for router, expert, m in zip(model.routers, model.experts, means):
             direct = expert.conv(F.relu(expert.bn(z * router(z)[0]))).mean((0, 2, 3))
             assert torch.allclose(m.float(), direct, rtol=0.05, atol=0.02)  # bf16 autocast
+
+
+def test_chapter_grid_names_its_groups_and_checks_every_parameter_first():
+    from moebackdoor.params import ParameterError
+    from moebackdoor.vision.fine_pruning import chapter_grid, requires
+
+    grid = chapter_grid("quick")
+    assert list(grid) == ["attacks", "fine_pruning", "pmoe", "wrn"]
+    assert {c["chapter"] for c in grid["fine_pruning"]} == {"pmoe-fine-pruning"}
+    assert {c["arch"] for c in grid["wrn"]} == {"wrn"} and {c["arch"] for c in grid["pmoe"]} == {"pmoe"}
+    attacked = {config_hash(c) for c in grid["attacks"]}
+    assert all(config_hash(d) in attacked for c in grid["fine_pruning"] for d in requires(c))  # chapter 1's models
+    for kwargs, message in [({"pruning_rates": [1.5]}, "`pruning_rates`: expected a fraction"),
+                            ({"compare_rates": []}, "`compare_rates`: expected a non-empty list"),
+                            ({"poison_rate": -0.1}, "`poison_rate`: expected a fraction"),
+                            ({"seeds": [-1]}, "`seeds`: expected an integer >= 0")]:
+        with pytest.raises(ParameterError, match=message):
+            chapter_grid("quick", **kwargs)

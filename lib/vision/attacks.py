@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import profiles
 from ..metrics import accuracy, attack_success_rate, clean_accuracy_drop
 from ..params import ParameterError, check_bool, check_choices, check_int, check_list, check_optional_int
-from .. import profiles
 from ..runcache import RunCache
 from .datasets import SIZES, load_dataset, subset, to_tensor
 from .models import build_model
@@ -164,6 +164,18 @@ def load_model(run, num_classes: int) -> torch.nn.Module:
     return model.eval()
 
 
+def model_for(runs, dataset: str, trigger: str | None = None, rate: float = 0.0, seed: int | None = None,
+              arch: str = "pmoe") -> torch.nn.Module:
+    """The trained model of the run among ``runs`` with this dataset, trigger (None: the clean
+    model), poison rate and architecture; ``seed`` None: the lowest seed among them."""
+    match = [r for r in runs if (r.config["dataset"], r.config["trigger"], r.config["arch"]) == (dataset, trigger, arch)
+             and np.isclose(r.config["poison_rate"], rate) and (seed is None or r.config["seed"] == seed)]
+    if not match:
+        raise KeyError(f"no run of {dataset} {trigger or 'clean'} at {rate:g} among the {len(runs)} runs given")
+    run = min(match, key=lambda r: r.config["seed"])
+    return load_model(run, load_dataset(dataset).num_classes)
+
+
 def attack_grid(profile_name: str, datasets=DATASETS, triggers=TRIGGERS, rates=None, seeds=None,
                 arch: str = "pmoe", trigger_overrides: dict | None = None, wanet_noise_mode: bool = False,
                 **kwargs) -> list[dict]:
@@ -202,7 +214,13 @@ def attack_results(configs: list[dict], cache: RunCache | None = None, force: bo
 
     The missing runs go to ``executor`` (``"local"``, ``"ray"``; None: ``MOEBD_EXECUTOR``)."""
     cache = cache or RunCache()
-    runs = cache.sweep(configs, run_attack, force, desc="pMoE attack runs", label=run_label, executor=executor)
+    return results_frame(cache.sweep(configs, run_attack, force, desc="pMoE attack runs", label=run_label,
+                                     executor=executor))
+
+
+def results_frame(runs) -> pd.DataFrame:
+    """One row per attack run with ASR, BA and CAD in percent (CAD against the clean run of the
+    same dataset, architecture and seed among ``runs``)."""
     clean = {(r.config["dataset"], r.config["arch"], r.config["seed"]): r.metrics
              for r in runs if r.config["trigger"] is None}
     rows = []

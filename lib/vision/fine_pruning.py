@@ -16,8 +16,10 @@ import torch.nn.utils.prune as prune
 
 from .. import profiles
 from ..metrics import accuracy, attack_success_rate
+from ..executors import EXECUTORS
+from ..params import check_bool, check_choice, check_list
 from ..runcache import RunCache, config_hash
-from .attacks import SCHEMA, load_model, run_attack, run_label, run_trigger, test_tensors, train_tensors
+from .attacks import SCHEMA, attack_config, attack_grid, load_model, run_attack, run_label, run_trigger, test_tensors, train_tensors
 from .datasets import load_dataset
 from .poisoning import check_rate, triggered_test_set
 from .routing import patch_masks, routing_rates
@@ -191,3 +193,39 @@ def fine_pruning_grid(attack_configs: list[dict], profile_name: str, rates=(0.1,
         configs += [fine_pruning_config(attack, r, persistent=True, **settings) for r in mask_rates]
         configs += [fine_pruning_config(attack, r, recipe="authors", **settings) for r in authors_recipe_rates]
     return list({config_hash(c): c for c in configs}.values())  # at paper the recipes coincide
+
+
+def chapter_grid(profile_name: str, seeds=None, pruning_rates=(0.1, 0.2, 0.3), mask_rates=(0.1,),
+                 authors_recipe_rates=(0.0,), poison_rate: float = 0.02, compare_rates=(0.02,),
+                 **overrides) -> dict[str, list[dict]]:
+    """Chapter 2's runs, by name, every parameter checked first: ``attacks`` (chapter 1's grid,
+    whose models it routes), ``fine_pruning`` (Table 3: Fine-Pruning of the square-poisoned
+    CIFAR-10 model at ``poison_rate``, per seed), and the architecture comparison on CIFAR-10
+    at ``compare_rates``, ``pmoe`` and ``wrn`` (the dense WRN). ``overrides``: chapter 1's
+    ``width``, ``epochs``, ``n_train``."""
+    for name, rates in (("pruning_rates", pruning_rates), ("mask_rates", mask_rates),
+                        ("authors_recipe_rates", authors_recipe_rates), ("compare_rates", compare_rates)):
+        check_list(name, rates, lambda n, v: check_rate(v, n), allow_none=False)
+    check_rate(poison_rate, "poison_rate")
+    attacks = attack_grid(profile_name, seeds=seeds, **overrides)
+    seeds = sorted({c["seed"] for c in attacks})
+    targets = [attack_config(profile_name, "cifar10", "square", poison_rate, s, **overrides) for s in seeds]
+    compare = dict(datasets=["cifar10"], triggers=["square", "blend"], rates=compare_rates, seeds=seeds, **overrides)
+    return {"attacks": attacks,
+            "fine_pruning": fine_pruning_grid(targets, profile_name, pruning_rates, mask_rates, authors_recipe_rates),
+            "pmoe": attack_grid(profile_name, **compare), "wrn": attack_grid(profile_name, arch="wrn", **compare)}
+
+
+def chapter_results(groups: dict[str, list[dict]], cache: RunCache | None = None, force: bool = False,
+                    executor=None) -> dict[str, list]:
+    """The runs of :func:`chapter_grid`, by the same names: chapter 1's models as they are cached
+    (trained here only if missing), then this chapter's own, which ``force`` retrains."""
+    check_bool("force", force)
+    check_choice("executor", executor, [None, *EXECUTORS])
+    cache = cache or RunCache()
+    ours = ("fine_pruning", "wrn")
+    runs = cache.sweep_groups({k: v for k, v in groups.items() if k not in ours}, run, desc="chapter 1's runs",
+                              label=label, executor=executor, requires=requires)
+    runs |= cache.sweep_groups({k: groups[k] for k in ours}, run, force=force, desc="Fine-Pruning and dense-WRN runs",
+                               label=label, executor=executor, requires=requires)
+    return {k: runs[k] for k in groups}
