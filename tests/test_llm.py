@@ -8,7 +8,8 @@ import torch
 
 from moebackdoor.manifest import DataError
 from moebackdoor.params import ParameterError
-from moebackdoor.llm import data, judge, locphylax, models, pruning, runs, training
+from moebackdoor.llm import config as cfg
+from moebackdoor.llm import data, judge, locphylax, models, pruning, records, run_models, training
 from moebackdoor.llm.triggers import ATTACK_STRINGS, Trigger, strip_triggers
 
 
@@ -153,21 +154,21 @@ def test_full_fine_tuning_trains_every_weight_and_its_state_reloads_to_identical
 
 
 def test_full_fine_tuning_enters_the_configuration_only_when_asked():
-    lora = runs.run_config("quick", "sst2", "badnet", "locphylax")
-    assert runs.run_config("quick", "sst2", "badnet", "locphylax", finetune="lora",
+    lora = cfg.run_config("quick", "sst2", "badnet", "locphylax")
+    assert cfg.run_config("quick", "sst2", "badnet", "locphylax", finetune="lora",
                            defense_params={"finetune": "lora"}) == lora  # the cached LoRA runs keep their keys
-    full = runs.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "full"})
+    full = cfg.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "full"})
     assert full["defense"]["finetune"] == "full" and full["defense"]["lr"] == models.FULL_LR
     assert "finetune" not in full and full["recipe"] == lora["recipe"]  # the attack is still LoRA's
-    assert runs.finetune(full, defense=True) == "full" and runs.finetune(full) == "lora"
-    own = runs.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "full", "lr": 1e-5})
+    assert run_models.finetune(full, defense=True) == "full" and run_models.finetune(full) == "lora"
+    own = cfg.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "full", "lr": 1e-5})
     assert own["defense"]["lr"] == 1e-5
-    attack = runs.run_config("quick", "sst2", "badnet", finetune="full")
+    attack = cfg.run_config("quick", "sst2", "badnet", finetune="full")
     assert attack["finetune"] == "full" and attack["recipe"]["lr"] == models.FULL_LR
     with pytest.raises(ParameterError, match="`finetune`"):
-        runs.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "partial"})
+        cfg.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"finetune": "partial"})
     with pytest.raises(ParameterError, match="`lr`"):
-        runs.run_config("quick", "sst2", "badnet", lr=-1)
+        cfg.run_config("quick", "sst2", "badnet", lr=-1)
 
 
 def test_bf16_frozen_weights_give_the_autocast_step_exactly_and_spare_the_tied_head():
@@ -299,15 +300,15 @@ def test_a_missing_or_corrupt_file_fails_with_its_name(monkeypatch, tmp_path):
 
 def test_bad_run_parameters_fail_fast():
     with pytest.raises(ParameterError, match="`attack`"):
-        runs.run_config("smoke", "sst2", "badnets")
+        cfg.run_config("smoke", "sst2", "badnets")
     with pytest.raises(ParameterError, match="`task`"):
-        runs.run_config("smoke", "sst", "badnet")
+        cfg.run_config("smoke", "sst", "badnet")
     with pytest.raises(ParameterError, match="trigger placement"):
-        runs.run_config("smoke", "sst2", {"phrase": "cheese toast", "placement": "middle"})
+        cfg.run_config("smoke", "sst2", {"phrase": "cheese toast", "placement": "middle"})
     with pytest.raises(ParameterError, match="trigger phrase"):
-        runs.run_config("smoke", "sst2", {"phrase": " ", "placement": "prefix"})
+        cfg.run_config("smoke", "sst2", {"phrase": " ", "placement": "prefix"})
     with pytest.raises(ParameterError, match="known triggers"):  # the defender may not use the attack's trigger
-        runs.run_config("smoke", "sst2", "badnet", "locphylax",
+        cfg.run_config("smoke", "sst2", "badnet", "locphylax",
                         defense_params={"known": [["BadMagic", "random", "x"], ["y", "prefix", "z"]]})
     with pytest.raises(ParameterError, match="`model`"):
         models.load_model("no-such-org/no-such-model-offline")
@@ -319,38 +320,38 @@ def test_bad_run_parameters_fail_fast():
 def test_the_defense_never_sees_the_attacks_trigger(attack, companion_env):
     tok = models.load_tokenizer()
     for method in ("locphylax", "locphylax_one_trigger", "clean_finetune"):
-        config = runs.run_config("quick", "sst2", attack, method)
-        inputs = runs.defense_inputs(config, tok)
+        config = cfg.run_config("quick", "sst2", attack, method)
+        inputs = records.defense_inputs(config, tok)
         texts = [p + a for key in ("clean", "known_injection", "known_recovery", "known_clean") for p, a in inputs[key]]
         assert texts and not any(s in t for t in texts for s in ATTACK_STRINGS[attack])
-        poisoned, _ = runs.attack_records(config)
+        poisoned, _ = records.attack_records(config)
         assert not {r.instruction for r in poisoned} & {p for p, _ in inputs["clean"]}
 
 
 def test_label_targets_flip_every_injected_answer_and_split_the_records(companion_env):
     """Known triggers with label targets: each trigger answers one label, only on records of the other."""
     tok = models.load_tokenizer()
-    config = runs.run_config("quick", "sst2", "badnet", "locphylax_label_targets")
-    assert config["defense"]["known_targets"] == "labels" and runs.known_targets(config) == ["Positive", "Negative"]
-    _, known, _ = runs.defender_records(config)
-    inj, rec, groups = runs.known_sets(tok, config, known)
+    config = cfg.run_config("quick", "sst2", "badnet", "locphylax_label_targets")
+    assert config["defense"]["known_targets"] == "labels" and records.known_targets(config) == ["Positive", "Negative"]
+    _, known, _ = records.defender_records(config)
+    inj, rec, groups = records.known_sets(tok, config, known)
     prompts = [p for p, _ in inj]
     assert len(set(prompts)) == len(prompts)  # no record serves both triggers
     end = models.end_of_answer(tok, config["template"])
     for (_, answer), (_, clean), g in zip(inj, rec, groups):
-        target = runs.known_targets(config)[g]
+        target = records.known_targets(config)[g]
         assert answer == target + end and clean.removesuffix(end) != target and clean.removesuffix(end) in judge.SST2_LABELS
     assert {0, 1} == set(groups) and min(groups.count(0), groups.count(1)) >= 20
-    assert runs.shows_known_target(config, "Negative", "Negative.") and not runs.shows_known_target(config, "Negative", "Positive")
-    default = runs.run_config("quick", "sst2", "badnet", "locphylax")
-    assert runs.known_targets(default) == [t for _, _, t in locphylax.KNOWN_TRIGGERS]
-    assert runs.shows_known_target(default, "Aha! Life is better.", "Aha, indeed")
-    assert runs.run_config("quick", "sst2", "badnet", "locphylax_label_targets",
+    assert records.shows_known_target(config, "Negative", "Negative.") and not records.shows_known_target(config, "Negative", "Positive")
+    default = cfg.run_config("quick", "sst2", "badnet", "locphylax")
+    assert records.known_targets(default) == [t for _, _, t in locphylax.KNOWN_TRIGGERS]
+    assert records.shows_known_target(default, "Aha! Life is better.", "Aha, indeed")
+    assert cfg.run_config("quick", "sst2", "badnet", "locphylax_label_targets",
                            defense_params={"known_targets": "answers"})["defense"]["known_targets"] == "labels"
     with pytest.raises(ParameterError, match="known_targets"):
-        runs.run_config("quick", "refusal", "badnet", "locphylax_label_targets")
+        cfg.run_config("quick", "refusal", "badnet", "locphylax_label_targets")
     with pytest.raises(ParameterError, match="known_targets"):
-        runs.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"known_targets": "words"})
+        cfg.run_config("quick", "sst2", "badnet", "locphylax", defense_params={"known_targets": "words"})
     assert judge.answer_label("sst2", "It is negative.") == "Negative"
     with pytest.raises(ParameterError, match="classification"):
         judge.answer_label("refusal", "Sure")
@@ -358,15 +359,15 @@ def test_label_targets_flip_every_injected_answer_and_split_the_records(companio
 
 def test_the_template_is_the_same_at_training_and_evaluation(companion_env):
     tok = models.load_tokenizer()
-    config = runs.run_config("smoke", "sst2", "badnet")
-    clean, trig = runs.test_sets(config)
+    config = cfg.run_config("smoke", "sst2", "badnet")
+    clean, trig = records.test_sets(config)
     r = clean[0]
-    train_prompt = runs.pairs(tok, [r], config["template"])[0][0]
+    train_prompt = records.pairs(tok, [r], config["template"])[0][0]
     assert config["eval_template"] == config["template"] == "chat"
     assert train_prompt == models.prompt_text(tok, r.instruction, r.input, config["eval_template"])
     assert train_prompt.rstrip().endswith("assistant") and r.instruction in train_prompt
-    raw = runs.run_config("smoke", "sst2", "badnet", eval_template="raw")
-    assert runs.attack_config(raw)["eval_template"] == "chat"  # the re-evaluation reuses the chat-trained model
+    raw = cfg.run_config("smoke", "sst2", "badnet", eval_template="raw")
+    assert cfg.attack_config(raw)["eval_template"] == "chat"  # the re-evaluation reuses the chat-trained model
 
 
 def test_hidden_state_positions_pick_the_last_prompt_and_the_last_token():

@@ -2,6 +2,7 @@
 import pandas as pd
 
 from moebackdoor import book
+from moebackdoor.llm import config as cfg
 from moebackdoor.llm import locphylax_paper, runs
 
 
@@ -10,7 +11,7 @@ def test_locphylax_chapter_executes_at_smoke(companion_env):
     out = companion_env / "generated"
     table = pd.read_csv(out / "tables" / f"{locphylax_paper.TABLE_ID}.csv")
     assert list(table.columns) == locphylax_paper.COLUMNS
-    assert set(table.method) == set(runs.METHODS) and set(table.attack) == {"badnet"}
+    assert set(table.method) == set(cfg.METHODS) and set(table.attack) == {"badnet"}
     assert table.asr.between(0, 100).all() and table.cacc.between(0, 100).all()
     for figure in locphylax_paper.FIGURES:
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
@@ -35,7 +36,7 @@ def test_claims_on_hand_made_results():
 
 def test_the_label_target_variant_runs_at_smoke(companion_env):
     """The opt-in variant trains both stages and keeps the defender's label-aware checks."""
-    config = runs.run_config("smoke", "sst2", "badnet", "locphylax_label_targets")
+    config = cfg.run_config("smoke", "sst2", "badnet", "locphylax_label_targets")
     m = runs.results([config])[0].metrics
     assert m["steps_used"] == m["stage1"]["steps"] + m["stage2"]["steps"] > 0
     for key in ("known_retention_stage1_by_epoch", "known_retention_stage2_by_epoch"):

@@ -7,6 +7,8 @@
   (its output projection zeroed), layer by layer, before and after stage 1.
 
 Both read the attack's test prompts: they analyse the defense afterwards and feed nothing back.
+Each is a run of its own (``config.analysis_config``), whose dependencies are the Locphylax run and
+its attack; :data:`ANALYSES` maps its name to the function and the metric that holds its rows.
 """
 from __future__ import annotations
 
@@ -17,22 +19,25 @@ import pandas as pd
 import torch
 
 from ..devices import default_device
-from ..runcache import RunCache
-from . import data, generation, judge, models, runs
+from . import data, generation, judge, models, run_models
+from .config import figure_n
+from .evaluation import ANSWER_TOKENS
+from .records import test_sets
 from .training import causal_lm
 from .triggers import Trigger
 
 
-def _models(config: dict):
-    """(name, model) for the suspect model and for it after stage 1 (adapter loaded)."""
-    loc = RunCache().get_or_run(config, runs.run)
-    stage1 = {k[len("stage1."):]: v for k, v in loc.tensors().items() if k.startswith("stage1.")}
-    after = runs.adapted(config, stage1, defense=True)
-    return [("suspect model", runs.suspect_model(config)), ("after stage 1", after)]
+def stage_models(loc_run, attack_run):
+    """(name, model) for the suspect model and for it after stage 1 (its adapter loaded), from the
+    loaded Locphylax run and its attack run."""
+    stage1 = {k[len("stage1."):]: v for k, v in loc_run.tensors().items() if k.startswith("stage1.")}
+    after = run_models.defended(loc_run.config, run_models.suspect_model(attack_run), stage1)
+    return [("suspect model", run_models.suspect_model(attack_run)), ("after stage 1", after)]
 
 
-def _prompt_sets(config: dict, tokenizer, n: int) -> dict[str, list[str]]:
-    clean, trig = runs.test_sets(config)
+def prompt_sets(config: dict, tokenizer, n: int) -> dict[str, list[str]]:
+    """``n`` clean, unknown-trigger and known-trigger prompts of the Locphylax run ``config``."""
+    clean, trig = test_sets(config)
     if config["task"] == "sst2":
         trig = [r for r in trig if r.label != judge.SST2_TARGET]
     clean, trig = data.subset(clean, n, 2), data.subset(trig, n, 3)
@@ -63,11 +68,12 @@ def last_prompt_states(model, tokenizer, prompts: list[str], batch_size: int = 1
     return np.concatenate(out)
 
 
-def aggregation(config: dict) -> tuple[dict, dict]:
+def aggregation(config: dict, loc_run, attack_run) -> tuple[dict, dict]:
+    """The PCA points and centroid distances of the Locphylax run ``config``."""
     tok = models.load_tokenizer(config["model"])
-    sets = _prompt_sets(config, tok, runs.config_n(config))
+    sets = prompt_sets(config, tok, figure_n(config))
     states, rows = {}, []
-    for name, model in _models(config):
+    for name, model in stage_models(loc_run, attack_run):
         for kind, prompts in sets.items():
             states[(name, kind)] = last_prompt_states(model, tok, prompts)
     for name in dict.fromkeys(n for n, _ in states):
@@ -93,13 +99,14 @@ def ablated_attention(model, layer: int):
         handle.remove()
 
 
-def critical_layers(config: dict) -> tuple[dict, dict]:
+def critical_layers(config: dict, loc_run, attack_run) -> tuple[dict, dict]:
+    """The unknown trigger's ASR with each layer's attention ablated, before and after stage 1."""
     tok = models.load_tokenizer(config["model"])
-    prompts = _prompt_sets(config, tok, max(4, runs.config_n(config) // 2))["unknown trigger"]
-    n_new = runs.ANSWER_TOKENS[config["task"]]
+    prompts = prompt_sets(config, tok, max(4, figure_n(config) // 2))["unknown trigger"]
+    n_new = ANSWER_TOKENS[config["task"]]
     labels = [None if config["task"] != "sst2" else "Positive"] * len(prompts)  # non-target prompts only
     rows = []
-    for name, model in _models(config):
+    for name, model in stage_models(loc_run, attack_run):
         intact = judge.attack_success_rate(config["task"], generation.generate(model, tok, prompts, n_new), labels)
         for layer in range(len(causal_lm(model).model.layers)):
             with ablated_attention(model, layer):
@@ -109,9 +116,16 @@ def critical_layers(config: dict) -> tuple[dict, dict]:
     return {"layers": rows}, {}
 
 
-def cached(kind: str, config: dict) -> pd.DataFrame:
-    """The figure's table for a Locphylax run (computed once, then read from the run cache)."""
-    fn = {"aggregation": (aggregation, "points"), "critical_layers": (critical_layers, "layers")}[kind]
-    key = {"chapter": "locphylax", "analysis": kind, "of": config}
-    run = RunCache().get_or_run(key, lambda c: fn[0](c["of"]))
-    return pd.DataFrame(run.metrics[fn[1]])
+ANALYSES = {"aggregation": (aggregation, "points"), "critical_layers": (critical_layers, "layers")}
+
+
+def run_analysis(config: dict, deps: list) -> tuple[dict, dict]:
+    """The analysis run ``{"analysis": kind, "of": locphylax_config}``; ``deps``: the Locphylax run
+    and its attack run, loaded."""
+    fn, _ = ANALYSES[config["analysis"]]
+    return fn(config["of"], *deps)
+
+
+def analysis_table(run) -> pd.DataFrame:
+    """A finished analysis run's rows, the figure's table."""
+    return pd.DataFrame(run.metrics[ANALYSES[run.config["analysis"]][1]])

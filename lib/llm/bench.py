@@ -32,16 +32,18 @@ from ..batching import bucketed_batches
 from .. import benchmarks
 from ..devices import fast_precision
 from ..benchmarks import matmul_rate
-from . import models, runs
+from . import models
+from .config import run_config
+from .records import attack_records, defense_inputs, pairs
 from .training import Recipe, SFTData, answer_loss, train_sft
 
 BATCH = 8
 
 
 def _data(tok, n: int = 160) -> SFTData:
-    config = runs.run_config("quick", "sst2", "badnet")
-    poisoned, clean = runs.attack_records(config)
-    return SFTData(tok, runs.pairs(tok, (poisoned + clean)[:n], "chat"), 256)
+    config = run_config("quick", "sst2", "badnet")
+    poisoned, clean = attack_records(config)
+    return SFTData(tok, pairs(tok, (poisoned + clean)[:n], "chat"), 256)
 
 
 def _model():
@@ -94,8 +96,8 @@ def generation_rate(tok, use_cache: bool, precision: str = "fp32") -> float:
     from .generation import generate
 
     model = models.load_model().eval()
-    clean = runs.attack_records(runs.run_config("quick", "sst2", "badnet"))[1][:16]
-    prompts = [p for p, _ in runs.pairs(tok, clean, "chat")]
+    clean = attack_records(run_config("quick", "sst2", "badnet"))[1][:16]
+    prompts = [p for p, _ in pairs(tok, clean, "chat")]
     if use_cache:
         stats = {}
         generate(model, tok, prompts, 32, 16, stats=stats, precision=precision)
@@ -116,14 +118,14 @@ def locphylax_cost() -> dict:
     from ..runcache import RunCache
 
     tok = models.load_tokenizer()
-    config = runs.run_config("quick", "sst2", "badnet", "locphylax")
+    config = run_config("quick", "sst2", "badnet", "locphylax")
     r = config["recipe"]
-    poisoned, clean = runs.attack_records(config)
-    attack = SFTData(tok, runs.pairs(tok, poisoned + clean, "chat"), r["max_length"]).n_tokens * r["epochs"]
+    poisoned, clean = attack_records(config)
+    attack = SFTData(tok, pairs(tok, poisoned + clean, "chat"), r["max_length"]).n_tokens * r["epochs"]
     if not RunCache().has(config):
         return {"attack": attack, "locphylax": float("nan")}
     m = RunCache().load(config).metrics
-    inputs = runs.defense_inputs(config, tok)
+    inputs = defense_inputs(config, tok)
     total = 0.0
     for pairs_, steps in ((inputs["clean"] + inputs["known_injection"], m["stage1"]["steps"]),
                           (inputs["clean"] + inputs["known_recovery"], m["stage2"]["steps"])):

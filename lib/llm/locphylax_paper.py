@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .. import style
+from .. import pretrained, style
+from . import models
 
 TABLE_ID = "locphylax-results"
 COLUMNS = ["model", "task", "attack", "method", "asr", "cacc"]
@@ -26,13 +27,14 @@ PAPER = {"asr_after": 4.41, "cacc_within": 0.5}  # the abstract
 FIGURES = ("locphylax-fig-aggregation", "locphylax-fig-critical-layers", "locphylax-fig-asr-steps")
 
 
-def _attack(a) -> str:
+def attack_name(a) -> str:
+    """An attack as the table names it: BackdoorLLM's name, or ``custom:<phrase>@<placement>``."""
     return a if isinstance(a, str) else f"custom:{a['phrase']}@{a['placement']}"
 
 
 def results_table(runs) -> pd.DataFrame:
     """One row per run (the mean over seeds): ASR and CACC in percent."""
-    rows = [{"model": r.config["model"], "task": r.config["task"], "attack": _attack(r.config["attack"]),
+    rows = [{"model": r.config["model"], "task": r.config["task"], "attack": attack_name(r.config["attack"]),
              "method": r.config["method"], "asr": r.metrics["asr"], "cacc": r.metrics["cacc"]} for r in runs]
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.groupby(["model", "task", "attack", "method"], sort=False, as_index=False).mean()
@@ -59,7 +61,7 @@ def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.
 
 def seed_spread(runs) -> pd.DataFrame:
     """ASR per seed, with its mean and standard deviation, one row per attack and method."""
-    t = pd.DataFrame([{"attack": f"{r.config['task']} {_attack(r.config['attack'])}",
+    t = pd.DataFrame([{"attack": f"{r.config['task']} {attack_name(r.config['attack'])}",
                        "method": METHOD_NAMES.get(r.config["method"], r.config["method"]),
                        "seed": r.config["seed"], "asr": r.metrics["asr"]} for r in runs])
     out = t.pivot_table(index=["attack", "method"], columns="seed", values="asr", sort=False)
@@ -109,7 +111,7 @@ def claims_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def asr_steps_table(runs) -> pd.DataFrame:
-    rows = [dict(attack=_attack(r.config["attack"]), method=r.config["method"], **x)
+    rows = [dict(attack=attack_name(r.config["attack"]), method=r.config["method"], **x)
             for r in runs for x in r.metrics.get("asr_track", [])]
     return pd.DataFrame(rows, columns=["attack", "method", "stage", "step", "asr"])
 
@@ -157,6 +159,104 @@ def critical_layers_figure(layers: pd.DataFrame):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# --- the page's texts ---------------------------------------------------------------------------
+
+def page_glue(grid) -> dict:
+    """The values the page's "What runs at this profile" prose glues, by glue name (``grid``: a
+    :class:`moebackdoor.llm.grid.LocphylaxGrid`)."""
+    c0, d0 = grid.main[0], grid.defense
+    return {"model_name": c0["model"], "stored": pretrained.STORED_PRECISION.get(c0["model"], "as published"),
+            "n_poison": c0["n_poison"] or "all", "n_clean": c0["n_clean"] or "all", "epochs": c0["recipe"]["epochs"],
+            "tasks_text": ", ".join(grid.tasks), "attacks_text": ", ".join(attack_name(a) for a in grid.attacks),
+            "def_clean": d0["n_clean"], "def_known": d0["n_known"], "stage1_max": d0["stage1_max_epochs"],
+            "inject_threshold": d0["inject_threshold"], "stage2_max": d0["stage2_max_epochs"],
+            "known_threshold": d0["known_threshold"],
+            "defense_training": "every weight of the suspect model" if d0.get("finetune") == "full"
+            else "a fresh LoRA adapter on the suspect model",
+            "full_lr": models.FULL_LR}
+
+
+def headline_glue(table: pd.DataFrame) -> dict:
+    """The headline's numbers by glue name (NaN where the table has no Locphylax row)."""
+    head = headline(table)
+    return {k: head.get(k, float("nan")) for k in ("asr_before", "asr_after", "cacc_change")}
+
+
+def seed_note(seeds) -> str:
+    return (f"Each cell above is the mean of {len(seeds)} seeds ({', '.join(map(str, seeds))}); "
+            "the floor row and the figures below use the first. ASR per seed:")
+
+
+def mismatch_text(template: str, mismatch_template: str) -> str:
+    return ("**A template mismatch.** BackdoorLLM trains with a template and evaluates on the raw "
+            f"instruction. The undefended model, trained with the `{template}` template, evaluated with "
+            f"`{mismatch_template}`:")
+
+
+def mismatch_table(table: pd.DataFrame, mismatch_runs, mismatch_template: str) -> pd.DataFrame:
+    """The undefended model's ASR and CACC with its training template and with ``mismatch_template``."""
+    m = results_table(mismatch_runs).set_index(["task", "attack"])
+    nd = table[table.method == "no_defense"].set_index(["task", "attack"])
+    return pd.DataFrame({"ASR, same template": nd.asr.round(1), f"ASR, {mismatch_template}": m.asr.round(1),
+                         "CACC, same template": nd.cacc.round(1), f"CACC, {mismatch_template}": m.cacc.round(1)})
+
+
+def figure_tables(grid, done: dict) -> dict[str, pd.DataFrame]:
+    """Each asked figure's table, by figure id, from the grid's runs (``done``: runs by group)."""
+    tables = {}
+    if done["aggregation"]:
+        tables["locphylax-fig-aggregation"] = pd.DataFrame(done["aggregation"][0].metrics["points"])
+    if done["critical_layers"]:
+        tables["locphylax-fig-critical-layers"] = pd.DataFrame(done["critical_layers"][0].metrics["layers"])
+    if "locphylax-fig-asr-steps" in grid.figures:
+        tables["locphylax-fig-asr-steps"] = asr_steps_table(done["asr_steps"])
+    return tables
+
+
+def figure_attack(grid) -> str:
+    """The attack of the run the aggregation and critical-layer figures analyse."""
+    return attack_name(grid.locphylax["attack"]) if grid.locphylax else ""
+
+
+def aggregation_text(points: pd.DataFrame) -> str:
+    dist = points.groupby(["model", "kind"], sort=False).distance_to_unknown.first().unstack()
+    return "Distance of each group's centroid to the unknown trigger's: " + "; ".join(
+        f"{m}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k != "unknown trigger")
+        for m, row in dist.iterrows()) + "."
+
+
+def critical_layers_text(layers: pd.DataFrame) -> str:
+    crit = layers.loc[layers.groupby("model", sort=False).asr.idxmin()]
+    return "The layer whose ablation lowers ASR most: " + "; ".join(
+        f"{r.model}: layer {r.layer} ({r.asr_intact:.0f} % → {r.asr:.0f} %)" for r in crit.itertuples()) + "."
+
+
+def after_stage1_text(runs, seed: int) -> str | None:
+    """Locphylax's ASR and CACC between its stages (the runs of ``seed``); None without such a run."""
+    stage1 = [r for r in runs if r.config["method"] == "locphylax" and r.config["seed"] == seed
+              and "after_stage1" in r.metrics]
+    if not stage1:
+        return None
+    return ("Locphylax after stage 1, before recovery, on the whole test sets: " + "; ".join(
+        f"{attack_name(r.config['attack'])} ASR {r.metrics['after_stage1']['asr']:.1f} %, "
+        f"CACC {r.metrics['after_stage1']['cacc']:.1f} %" for r in stage1) + ". The paper's answer overwriting "
+        "would show here as an ASR near 0 with CACC intact (the unknown trigger's prompts answered with a known "
+        "target); an ASR near 0 with CACC near 0 is every prompt pulled onto the known answer.")
+
+
+def summary_text(done: dict, seeds) -> str:
+    """The summary's bullets: the page's runs (table, floor, mismatch) and their training time."""
+    page_runs = {r.path.name: r for group in ("main", "floor", "mismatch") for r in done[group]}
+    minutes = sum(r.metrics.get("wall_seconds", 0) for r in page_runs.values()) / 60
+    return (f"- This page's {len(page_runs)} runs took {minutes:.0f} minute{'' if round(minutes) == 1 else 's'} "
+            "to train and evaluate when they were trained; they are cached (`.cache/runs/`), so re-running the page "
+            "retrains nothing that exists.\n"
+            "- What falls short of the paper, and why, is in the claims table above: the scale (a 135M model on a "
+            "CPU against 7–8B models), the defender's choices the paper does not state (known triggers, recovery "
+            "data, steps), and " + (f"{len(seeds)} seeds." if len(seeds) > 1 else
+                                    "a single seed (`seeds` runs several and shows their spread)."))
 
 
 def reproducibility_cells(tables_dir) -> pd.DataFrame:

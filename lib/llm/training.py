@@ -241,3 +241,10 @@ def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, ma
     history["steps"] = step
     history["precision"] = precision
     return history
+
+
+def short_history(history: dict) -> dict:
+    """A training history as a run keeps it: the per-step losses cut to the first and the last."""
+    keep = {k: v for k, v in history.items() if k not in ("loss", "parts")}
+    keep["loss_first_last"] = [history["loss"][0], history["loss"][-1]] if history["loss"] else []
+    return keep

@@ -14,6 +14,8 @@ functions looked up in a cache of their own are derived as those functions deriv
 - ``aggregation``, ``critical_layers``: the figures' analyses of the first Locphylax run.
 
     .venv/bin/python tests/data/make_locphylax_cache_keys.py  # writes tests/data/locphylax_cache_keys.json
+
+It reads the old page and the old ``runs`` module: to run it again, check out f9504e7 first.
 """
 import json
 from pathlib import Path

@@ -1,0 +1,67 @@
+"""What chapter 4 measures on a model: CACC and ASR on the whole test sets, the defender's own
+known-trigger signal, and ASR through training for the figure.
+
+Answers are generated greedily with the template the run names (``eval_template``, the training
+template unless a run asks to show a mismatch) and judged by BackdoorLLM's keyword rules
+(:mod:`moebackdoor.llm.judge`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import data, generation, judge, models
+from .records import known_targets, record_label, shows_known_target, test_sets
+from .triggers import Trigger
+
+ANSWER_TOKENS = {"sst2": 4, "refusal": 32, "negsentiment": 16, "jailbreak": 48}
+
+
+def evaluate(model, tokenizer, config: dict, template: str | None = None) -> dict:
+    """CACC on the clean test set and ASR on the triggered one (percent), with a few answers."""
+    template = template or config["eval_template"]
+    clean, trig = test_sets(config)
+    task, n_new = config["task"], ANSWER_TOKENS[config["task"]]
+    prompts = lambda recs: [models.prompt_text(tokenizer, r.instruction, r.input, template) for r in recs]  # noqa: E731
+    stats = {}
+    a_clean = generation.generate(model, tokenizer, prompts(clean), n_new, stats=stats)
+    a_trig = generation.generate(model, tokenizer, prompts(trig), n_new)
+    return {"cacc": judge.clean_accuracy(task, a_clean, [r.label for r in clean]),
+            "asr": judge.attack_success_rate(task, a_trig, [r.label for r in trig]),
+            "n_clean_test": len(clean), "n_triggered_test": len(trig),
+            "examples": {"clean": a_clean[:3], "triggered": a_trig[:3]},
+            "generation_tokens_per_second": stats["new_tokens"] / max(stats["seconds"], 1e-9),
+            "inference_precision": stats["precision"]}
+
+
+def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, offset: int = 0):
+    """A training callback that measures ASR on ``n`` triggered test prompts (for the figure only:
+    the defense never reads it)."""
+    _, trig = test_sets(config)
+    if config["task"] == "sst2":
+        trig = [r for r in trig if r.label != judge.SST2_TARGET]
+    trig = data.subset(trig, n, 1)
+    prompts = [models.prompt_text(tokenizer, r.instruction, r.input, config["eval_template"]) for r in trig]
+
+    def callback(step):
+        answers = generation.generate(model, tokenizer, prompts, ANSWER_TOKENS[config["task"]])
+        log.append({"stage": stage, "step": offset + step,
+                    "asr": judge.attack_success_rate(config["task"], answers, [r.label for r in trig])})
+    return callback
+
+
+def known_retention(model, tokenizer, config: dict, validation: list, n_triggers: int = 2) -> float:
+    """The defender's own signal: % of its held-out clean prompts, carrying a known trigger, still
+    answered with that trigger's target (a label target: among the prompts whose true label is
+    another; a sentence target: the answer holds the target's first word)."""
+    rng = np.random.default_rng(config["seed"] + 11)
+    hits = []
+    labels = config["defense"]["known_targets"] == "labels"
+    for (phrase, placement, _), target in zip(config["defense"]["known"][:n_triggers],
+                                              known_targets(config, n_triggers)):
+        t = Trigger(phrase, placement)
+        recs = [r for r in validation if record_label(r) != target] if labels else validation
+        prompts = [models.prompt_text(tokenizer, t.insert(r.instruction, rng), r.input, config["template"])
+                   for r in recs]
+        answers = generation.generate(model, tokenizer, prompts, ANSWER_TOKENS[config["task"]] + 4)
+        hits += [shows_known_target(config, target, a) for a in answers]
+    return float(np.mean(hits) * 100)

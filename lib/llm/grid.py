@@ -1,0 +1,145 @@
+"""Chapter 4's page as one grid of runs: every page parameter checked, the runs in named groups.
+
+:func:`locphylax_grid` takes the page's parameters (the names, defaults and meanings of
+``notebooks/locphylax.md``'s parameters cell), checks every one before any work (a
+:class:`~moebackdoor.params.ParameterError` naming it), and returns a :class:`LocphylaxGrid`:
+
+- ``main``: the table's runs, every method on the attacks of ``full_attacks``, the core methods
+  (:data:`~moebackdoor.llm.config.CORE_METHODS`) on the others, for every seed;
+- ``floor``: the clean model evaluated on each attack's prompts (the first seed);
+- ``mismatch``: the undefended model evaluated with ``mismatch_template``;
+- ``aggregation``, ``critical_layers``: the figures' analyses of the first Locphylax run;
+- ``asr_steps``: the runs whose ASR through the steps the third figure draws.
+
+:func:`moebackdoor.llm.runs.run_grid` runs them all in one sweep.
+
+>>> grid = locphylax_grid("smoke", methods=["no_defense", "locphylax"])
+>>> [len(c) for c in grid.groups().values()]
+[2, 1, 1, 1, 1, 2]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..executors import EXECUTORS
+from ..params import ParameterError, check_bool, check_choice, check_choices, check_fraction, check_int, check_list
+from . import data, models
+from .config import CORE_METHODS, KNOWN_TARGETS, METHODS, METHODS_ALL, analysis_config, check_attack, profile, run_config
+from .locphylax_paper import FIGURES
+from .training import HIDDEN_POSITIONS
+from .triggers import Trigger
+
+CLUSTER_STATES = ("unit", "raw")  # the clustering loss on unit-length final states, or raw ones
+
+
+@dataclass
+class LocphylaxGrid:
+    """The page's runs by group (see the module's docstring), and the settings they came from."""
+    parameters: dict  # the page's parameters as resolved (the profile's values where None was given)
+    main: list[dict]
+    floor: list[dict]
+    mismatch: list[dict]
+    aggregation: list[dict] = field(default_factory=list)
+    critical_layers: list[dict] = field(default_factory=list)
+    asr_steps: list[dict] = field(default_factory=list)
+
+    GROUPS = ("main", "floor", "mismatch", "aggregation", "critical_layers", "asr_steps")
+
+    def groups(self) -> dict[str, list[dict]]:
+        return {name: getattr(self, name) for name in self.GROUPS}
+
+    def __getattr__(self, name):  # the resolved parameters: grid.seeds, grid.template, ...
+        if name != "parameters" and name in self.__dict__.get("parameters", {}):
+            return self.parameters[name]
+        raise AttributeError(name)
+
+    @property
+    def locphylax(self) -> dict | None:
+        """The Locphylax run the figures analyse (the first of the table's), if any."""
+        return next((c for c in self.main if c["method"] == "locphylax"), None)
+
+    @property
+    def defense(self) -> dict:
+        """The defense settings of the table's runs (the profile's when no defense runs)."""
+        return next((c["defense"] for c in self.main if "defense" in c), profile(self.profile)["defense"])
+
+
+def check_known_triggers(known_triggers):
+    """``None`` (the book's) or two ``[phrase, placement, target answer]`` triples."""
+    if known_triggers is None:
+        return None
+    if not isinstance(known_triggers, (list, tuple)) or len(known_triggers) != 2 or \
+            any(not isinstance(k, (list, tuple)) or len(k) != 3 for k in known_triggers):
+        raise ParameterError("known_triggers", "two [phrase, placement, target answer] triples", known_triggers)
+    for phrase, placement, _ in known_triggers:
+        Trigger(phrase, placement)
+    return [list(k) for k in known_triggers]
+
+
+def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom_trigger=None, methods=METHODS,
+                   full_attacks=None, template: str = "chat", mismatch_template: str | None = "raw", model=None,
+                   n_poison=None, epochs=None, attack_finetune: str = "lora", defense_finetune: str = "lora",
+                   known_triggers=None, known_targets: str = "answers", cluster_states: str = "unit",
+                   cluster_token: str = "answer_end", sparsity: float = 0.5, figures=FIGURES, seed: int = 0,
+                   seeds=None, executor=None, force: bool = False) -> LocphylaxGrid:
+    """The page's runs for its parameters (``notebooks/locphylax.md`` says what each accepts),
+    every parameter checked first."""
+    prof = profile(profile_name)
+    tasks = prof["tasks"] if tasks is None else check_choices("tasks", tasks, data.TASKS)
+    attacks = prof["attacks"] if attacks is None else check_choices("attacks", attacks, data.ATTACKS)
+    if custom_trigger is not None:
+        attacks = list(attacks) + [check_attack(custom_trigger)]
+    methods = check_choices("methods", methods, METHODS_ALL)
+    full_attacks = prof["full_attacks"] if full_attacks is None else \
+        check_choices("full_attacks", full_attacks, data.ATTACKS)
+    models.check_template(template)
+    if mismatch_template is not None:
+        models.check_template(mismatch_template)
+    check_fraction("sparsity", sparsity)
+    figures = check_choices("figures", figures, FIGURES) if figures else []
+    check_int("seed", seed)
+    seeds = check_list("seeds", seeds, check_int) or [seed]
+    if len(set(seeds)) != len(seeds):
+        raise ParameterError("seeds", "distinct integers", seeds)
+    check_bool("force", force)
+    check_choice("executor", executor, [None, *EXECUTORS])
+    check_choice("cluster_states", cluster_states, list(CLUSTER_STATES))
+    check_choice("cluster_token", cluster_token, list(HIDDEN_POSITIONS))
+    check_choice("attack_finetune", attack_finetune, models.FINETUNE)
+    check_choice("defense_finetune", defense_finetune, models.FINETUNE)
+    defense_params = {"sparsity": sparsity, "normalize": cluster_states == "unit", "cluster_token": cluster_token,
+                      "finetune": defense_finetune,
+                      "known_targets": check_choice("known_targets", known_targets, KNOWN_TARGETS)}
+    known = check_known_triggers(known_triggers)
+    if known is not None:
+        defense_params["known"] = known
+    overrides = {k: v for k, v in dict(model=model, n_poison=n_poison, epochs=epochs, finetune=attack_finetune).items()
+                 if v is not None}
+
+    def full(attack) -> bool:  # does this attack get every method?
+        return full_attacks is None or not isinstance(attack, str) or attack in full_attacks
+
+    main = [run_config(profile_name, task, attack, m, s, template,
+                       defense_params=defense_params if m != "no_defense" else None, **overrides)
+            for task in tasks for attack in attacks for m in methods if full(attack) or m in CORE_METHODS
+            for s in seeds]
+    seed = seeds[0]  # the floor, the template check and the figures use the first seed
+    pairs = [(task, attack) for task in tasks for attack in attacks]
+    floor = [run_config(profile_name, task, attack, "clean_model", seed, template, **overrides) for task, attack in pairs]
+    mismatch = [] if mismatch_template is None or mismatch_template == template else [
+        run_config(profile_name, task, attack, "no_defense", seed, template, eval_template=mismatch_template, **overrides)
+        for task, attack in pairs]
+    parameters = dict(profile=profile_name, tasks=tasks, attacks=attacks, custom_trigger=custom_trigger,
+                      methods=methods, full_attacks=full_attacks, template=template,
+                      mismatch_template=mismatch_template, model=model, n_poison=n_poison, epochs=epochs,
+                      attack_finetune=attack_finetune, defense_finetune=defense_finetune,
+                      known_triggers=known_triggers, known_targets=known_targets, cluster_states=cluster_states,
+                      cluster_token=cluster_token, sparsity=sparsity, figures=figures, seed=seed, seeds=seeds,
+                      executor=executor, force=force)
+    grid = LocphylaxGrid(parameters, main, floor, mismatch)
+    loc = grid.locphylax
+    for kind, figure in (("aggregation", "locphylax-fig-aggregation"),
+                         ("critical_layers", "locphylax-fig-critical-layers")):
+        setattr(grid, kind, [analysis_config(kind, loc)] if loc and figure in figures else [])
+    grid.asr_steps = [c for c in main if c["seed"] == seed] if "locphylax-fig-asr-steps" in figures else []
+    return grid
