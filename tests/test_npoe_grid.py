@@ -1,7 +1,8 @@
 """Chapter 3's grid, run graph and method registry, without training (no papermill): the page's
 parameters are checked in the library, every cache key of the page is the one it had before
-the split of ``text.runs`` (``tests/data/npoe_cache_keys.json``), and the sweep hands each run
-the runs it needs."""
+the split of ``text.runs`` (``tests/data/npoe_cache_keys.json``, written by commit 3d8cddb's
+``tests/data/make_npoe_cache_keys.py`` with the code before the split), and the sweep hands each
+run the runs it needs."""
 import json
 from pathlib import Path
 
@@ -71,7 +72,10 @@ def test_the_grid_refuses_each_bad_parameter_with_the_pages_message(name, value,
     with pytest.raises(ParameterError) as err:
         npoe_grid("smoke", **{name: value})
     assert str(err.value) == message if message else f"parameter `{name.replace('_name', '')}`" in str(err.value)
-    with pytest.raises(ParameterError, match="parameter `profile`"):
+
+
+def test_the_grid_refuses_an_unknown_profile():
+    with pytest.raises(ParameterError, match="parameter `profile`: expected one of"):
         npoe_grid("full")
 
 

@@ -34,9 +34,9 @@ from .. import machine
 from ..devices import fast_precision
 from .. import benchmarks
 from ..benchmarks import matmul_rate
+from .config import profile
 from .data import load_split
 from .models import DEFAULT_ENCODER, MAX_LENGTH, cls_only_last_layer, load_classifier, load_tokenizer
-from .config import profile
 from .training import (PoE, Recipe, Tokenized, bucketed_batches, plain_batches, train_classifier, train_poe,
                        training_loss)
 
