@@ -7,6 +7,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from moebackdoor import book, progress
 from moebackdoor.params import ParameterError, check_fraction, check_int, check_list
+from moebackdoor.llm.grid import locphylax_grid
 from moebackdoor.vision.attacks import attack_config, attack_grid
 
 # (parameter, bad value, what the message must say) for the pMoE chapters
@@ -62,6 +63,14 @@ def test_grid_and_profile_errors_name_the_parameter():
         attack_grid("quick", rates=[2])
     with pytest.raises(ParameterError, match="`profile`: expected one of"):
         attack_grid("full")
+
+
+@pytest.mark.parametrize("name, value, message", BAD_BY_CHAPTER["locphylax"])
+def test_locphylax_grid_refuses_as_the_page_does(name, value, message):
+    """The page's checks live in the library: the same messages, without papermill."""
+    with pytest.raises(ParameterError) as err:
+        locphylax_grid("smoke", **{name: value})
+    assert str(err.value) == message
 
 
 @pytest.mark.parametrize("chapter", [s.stem for s in book.chapter_sources()])

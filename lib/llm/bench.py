@@ -112,19 +112,21 @@ def generation_rate(tok, use_cache: bool, precision: str = "fp32") -> float:
     return new / (time.perf_counter() - start)
 
 
-def locphylax_cost() -> dict:
+def locphylax_cost(cache=None) -> dict:
     """Training tokens of Locphylax (both stages, the steps its cached quick run took) and of the
-    attack, on BadNet at the quick profile; NaN when that run is not in the cache."""
+    attack, on BadNet at the quick profile; NaN when that run is not in ``cache`` (default: the
+    run cache)."""
     from ..runcache import RunCache
 
+    cache = cache or RunCache()
     tok = models.load_tokenizer()
     config = run_config("quick", "sst2", "badnet", "locphylax")
     r = config["recipe"]
     poisoned, clean = attack_records(config)
     attack = SFTData(tok, pairs(tok, poisoned + clean, "chat"), r["max_length"]).n_tokens * r["epochs"]
-    if not RunCache().has(config):
+    if not cache.has(config):
         return {"attack": attack, "locphylax": float("nan")}
-    m = RunCache().load(config).metrics
+    m = cache.load(config).metrics
     inputs = defense_inputs(config, tok)
     total = 0.0
     for pairs_, steps in ((inputs["clean"] + inputs["known_injection"], m["stage1"]["steps"]),
