@@ -168,6 +168,8 @@ def fake_run(cfg, deps):
                "wall_seconds": 60.0, "pretraining": [d.metrics for d in deps if is_expert(d.config)],
                "pseudo_dev": {"clean_small_acc": 80.0 - abs(beta - 4), "detected_rate": 0.1,
                               "code": {"detected_rate": 0.1, "pseudo_asr": None}}}
+    if deps and cfg["method"] not in config.DEFENSES:
+        metrics["pretraining_apart"] = True  # as runs.run records it
     return metrics, {"w": torch.zeros(1)}
 
 
@@ -188,3 +190,19 @@ def test_results_run_the_graph_in_one_sweep_then_the_chosen_beta(tmp_path, monke
     again = npoe_results(grid, cache)  # everything cached: nothing runs
     monkeypatch.setattr(experiment, "run", None)
     assert [r.path for r in npoe_results(grid, cache).table_runs] == [r.path for r in again.table_runs]
+
+
+def test_minutes_count_an_experts_pretraining_once_whether_its_npoe_run_is_old_or_new():
+    from pathlib import Path
+
+    from moebackdoor.runcache import Run, config_hash
+    from moebackdoor.text.config import requires, run_config
+    from moebackdoor.text.runs import minutes
+
+    npoe = run_config("smoke", "sst2", "mix4", "npoe")
+    experts = [Run(c, {"seconds": 60.0}, Path(config_hash(c))) for c in requires(npoe)]
+    old = Run(npoe, {"wall_seconds": 600.0}, Path(config_hash(npoe)))  # pre-trained its experts inside
+    new = Run(npoe, {"wall_seconds": 360.0, "pretraining_apart": True}, Path(config_hash(npoe)))
+    assert len(experts) == 4
+    assert minutes([old, *experts]) == 10.0
+    assert minutes([new, *experts]) == 10.0

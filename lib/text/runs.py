@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 from ..params import check_choice
-from ..runcache import RunCache
+from ..runcache import RunCache, config_hash
 from . import poe
 from .config import DEFENSES, SELECT_RULE, is_expert, requires, run_label, selection_configs, with_beta
 from .data import n_classes
@@ -40,6 +40,8 @@ def run(config: dict, deps: list) -> tuple[dict, dict]:
     else:
         metrics, tensors = train(config, deps)
     metrics["wall_seconds"] = time.perf_counter() - start  # everything: loading, training, evaluation
+    if deps and config["method"] not in DEFENSES:
+        metrics["pretraining_apart"] = True  # the experts' pre-training is in their own runs' time
     return metrics, tensors
 
 
@@ -82,8 +84,11 @@ def load_model(run_) -> TextClassifier:
 
 def minutes(runs_) -> float:
     """The minutes the distinct runs took when they were trained (older runs: training and defense
-    time only; an expert's pre-training: its own seconds)."""
+    time only). An expert's pre-training counts its own seconds, except where an NPoE run trained
+    before the run graph used it: that run pre-trained the expert inside its own wall time."""
     unique = {r.path.name: r for r in runs_}.values()
+    inside = {config_hash(d) for r in unique if "pretraining_apart" not in r.metrics and not is_expert(r.config)
+              for d in requires(r.config) if is_expert(d)}
     return sum(r.metrics.get("wall_seconds", r.metrics.get("seconds", r.metrics.get("history", {}).get("seconds", 0)
                                                                        + r.metrics.get("defense_seconds", 0)))
-               for r in unique) / 60
+               for r in unique if r.path.name not in inside) / 60
