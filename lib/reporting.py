@@ -42,3 +42,10 @@ def bench_view(df: pd.DataFrame):
     """A bench table for the page: measure, value (2 decimals; "not measured" where empty), target."""
     view = df[["measure", "value", "target"]].assign(target=df["target"].fillna("")).set_index("measure")
     return view.style.format({"value": "{:.2f}"}, na_rep="not measured")
+
+
+def show_all(items) -> None:
+    """Display each item in a notebook: a string as Markdown, anything else (a table) as it is."""
+    from IPython.display import Markdown, display
+
+    display(*[Markdown(x) if isinstance(x, str) else x for x in items])
