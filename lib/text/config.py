@@ -17,7 +17,7 @@ from .. import profiles
 from ..params import ParameterError, check_choice, check_int, check_optional_int, check_positive
 from .data import SIZES, check_dataset, check_style, n_classes
 from .models import DEFAULT_ENCODER
-from .poisoning import check_setting, setting_rates
+from .poisoning import PRETRAIN_LABELS, PRETRAIN_SOURCES, check_setting, setting_rates
 from .training import PoE, Recipe, n_pretrain_batches
 
 SCHEMA = 4  # bump when a change to the code invalidates cached runs
@@ -37,6 +37,12 @@ SELECT_RULE = "code"
 # what NPoE's gate reads: the text (its own shallow encoder, the paper) or the main model's
 # [CLS] state (the authors' --gate_on_hidden)
 GATE_INPUTS = ("text", "hidden")
+# an expert's pre-training learning rate: its own schedule (ours before), or the authors': their
+# experts' schedulers are made with the joint run's warm-up before pre-training steps them
+PRETRAIN_SCHEDULES = ("own", "authors")
+# the experts' settings added after runs were cached, with the value that means "as before": a
+# configuration holds one only where it differs (its cache key, and every cached run's, unchanged)
+EXPERTS_ADDED = {"pretrain_schedule": "own", "pretrain_labels": "own", "pretrain_source": "own"}
 
 PROFILES = {
     # every code path in about a minute; numbers are not meaningful
@@ -96,7 +102,11 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
     ``gate_on`` (``"text"``, or ``"hidden"``: a linear gate on the main model's [CLS] state, where
     ``gate_layers`` only says whether there is a gate, as 0 does for DPoE), ``cls_only`` (the experts'
     and the text gate's last layer computes [CLS] alone, :func:`models.cls_only_last_layer`: the
-    same logits for fewer FLOPs).
+    same logits for fewer FLOPs), and the pre-training options of issue 26 (each held only where it
+    differs from ours before): ``pretrain_schedule`` (``"own"``, or ``"authors"``: at the joint
+    run's warm-up, :func:`training.pretrain_expert`), ``pretrain_labels`` and ``pretrain_source``
+    (:func:`poisoning.pretrain_set`). ``poe_params`` also take ``expert_mode`` (``"eval"``: experts
+    and gate without dropout, the authors') and ``freeze_main_iters`` (:class:`training.PoE`).
     """
     p = profile(profile_name)
     check_dataset(dataset)
@@ -138,10 +148,15 @@ def expert_settings(p: dict, method: str, expert_params: dict | None) -> dict:
     experts = {**p["experts"], "double_softmax": False, **(expert_params or {})}
     if method == "dpoe":  # one expert, no pre-training, no gate (DPoE's recipe, with R-drop)
         experts.update(n=1, pretrain_steps=0, gate_layers=0)
+        for k in EXPERTS_ADDED:  # nothing to pre-train
+            experts.pop(k, None)
     check_int("experts", experts["n"], 1)
     check_int("expert layers", experts["layers"], 1)
     check_choice("gate_on", experts["gate_on"], GATE_INPUTS)
-    return experts
+    for key, choices in (("pretrain_schedule", PRETRAIN_SCHEDULES), ("pretrain_labels", PRETRAIN_LABELS),
+                         ("pretrain_source", PRETRAIN_SOURCES)):
+        check_choice(key, experts.get(key, EXPERTS_ADDED[key]), choices)
+    return {k: v for k, v in experts.items() if k not in EXPERTS_ADDED or v != EXPERTS_ADDED[k]}
 
 
 def defense_settings(p: dict, method: str) -> dict:
@@ -177,6 +192,7 @@ def figure_configs(profile_name: str, figure: str, dataset: str = "sst2", settin
         return selection_configs(table, None if values is None else list(values))
     values = fig[param] if values is None else list(values)
     scale = {k: fig[k] for k in ("n_train", "epochs") if fig[k] is not None} | overrides
+    small_lr = {"small_lr": scale.pop("small_lr")} if "small_lr" in scale else {}  # NPoE's experts' and gate's
     configs = []
     for v in values:
         poe_v, expert_v, rate = dict(poe_params or {}), dict(expert_params or {}), 1.0
@@ -187,7 +203,8 @@ def figure_configs(profile_name: str, figure: str, dataset: str = "sst2", settin
         methods = ("no_defense", "npoe") if param == "rate_scale" else ("npoe",)
         configs += [run_config(profile_name, dataset, setting, m, seed, style=style, rate_scale=rate,
                                poe_params=poe_v if m == "npoe" else None,
-                               expert_params=expert_v if m == "npoe" else None, **scale) for m in methods]
+                               expert_params=expert_v if m == "npoe" else None, **scale,
+                               **(small_lr if m == "npoe" else {})) for m in methods]
     return configs
 
 
@@ -219,9 +236,22 @@ def expert_config(config: dict, j: int) -> dict:
     chosen β and most figure runs share their pre-trained experts."""
     e = config["experts"]
     keys = ("layers", "cls_only", "double_softmax", "pretrain_n", "pretrain_steps", "pretrain_epochs")
-    return {"schema": SCHEMA, "chapter": EXPERT_CHAPTER, "encoder": config["encoder"], "dataset": config["dataset"],
-            "style": config["style"], "seed": config["seed"], "expert": j,
-            "trigger": EXPERT_ORDER[j % len(EXPERT_ORDER)], "recipe": config["recipe"]} | {k: e.get(k) for k in keys}
+    out = {"schema": SCHEMA, "chapter": EXPERT_CHAPTER, "encoder": config["encoder"], "dataset": config["dataset"],
+           "style": config["style"], "seed": config["seed"], "expert": j,
+           "trigger": EXPERT_ORDER[j % len(EXPERT_ORDER)], "recipe": config["recipe"]} | {k: e.get(k) for k in keys}
+    out |= {k: e[k] for k in EXPERTS_ADDED if k in e}  # only where not ours before
+    if e.get("pretrain_schedule") == "authors":  # the joint run's batches set the warm-up
+        out["joint_steps"] = joint_steps(config)
+    if e.get("pretrain_labels") == "authors":  # the triggered rows' label
+        out["target"] = config["target"]
+    return out
+
+
+def joint_steps(config: dict) -> int:
+    """The batches of a run's joint training as the authors' code counts them for its schedulers
+    (``len(poison_train_data) * epoch // batch_size``)."""
+    n = config["n_train"] or SIZES[config["dataset"]][0]
+    return n * config["recipe"]["epochs"] // config["recipe"]["batch_size"]
 
 
 def is_expert(config: dict) -> bool:

@@ -90,6 +90,45 @@ def code_signals(config: dict, logits, experts_p, gates, agree, labels) -> dict:
             "pseudo_acc": float(agree[trusted].float().mean()) if int(trusted.sum()) > int(0.1 * n_batches) else None}
 
 
+@torch.no_grad()
+def expert_probs(experts, data: Tokenized, batch_size: int = 64) -> torch.Tensor:
+    """Each expert's class probabilities on every row of ``data`` ([k, N, C]), in eval mode and the
+    training precision (the experts as they stand: after pre-training, before joint training)."""
+    modes = [e.training for e in experts]
+    out = []
+    order = np.argsort(data.lengths, kind="stable")
+    try:
+        for e in experts:
+            e.eval()
+        for start in range(0, len(data), batch_size):
+            batch = data.batch(order[start:start + batch_size])
+            with autocast(True, torch.device("cpu")):
+                out.append(torch.stack([torch.softmax(e(**batch).logits.float(), -1) for e in experts]))
+    finally:
+        for e, m in zip(experts, modes):
+            e.train(m)
+    return torch.cat(out, 1)[:, torch.as_tensor(np.argsort(order))]
+
+
+def expert_target_probs(experts_p: torch.Tensor, poison_idx: dict, clean_labels: np.ndarray, target: int) -> dict:
+    """Each expert's mean probability of the target on each kind of training row: the rows of each
+    trigger whose true label is not the target, and the clean rows of the other classes
+    (``clean_other``) and of the target class (``clean_target``). An expert that learned its
+    trigger is high on its trigger's rows and low on both clean groups; one that learned the
+    class is high on ``clean_target``; one that learned the topic or nothing is flat. ``experts_p``:
+    [k, N, C] probabilities. Analysis for the page: nothing in training or selection reads it."""
+    clean_labels = np.asarray(clean_labels)
+    poisoned = np.concatenate([np.asarray(i, dtype=int) for i in poison_idx.values()] or [np.zeros(0, int)])
+    is_clean = np.ones(len(clean_labels), dtype=bool)
+    is_clean[poisoned] = False
+    groups = {t: np.asarray(i, dtype=int)[clean_labels[np.asarray(i, dtype=int)] != target]
+              for t, i in poison_idx.items()}
+    groups["clean_other"] = np.flatnonzero(is_clean & (clean_labels != target))
+    groups["clean_target"] = np.flatnonzero(is_clean & (clean_labels == target))
+    return {name: {"n": len(rows), "p_target": experts_p[:, torch.as_tensor(rows), target].float().mean(1).tolist()}
+            for name, rows in groups.items() if len(rows)}
+
+
 def clean_small_accuracy(config: dict, main, tokenizer) -> float:
     """The main model's accuracy on 100 clean dev sentences (the pseudo-dev rule's cut-off)."""
     small = dev_set(config["dataset"], 100)

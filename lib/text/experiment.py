@@ -18,13 +18,48 @@ from ..executors import EXECUTORS
 from ..params import check_bool, check_choice, check_choices, check_int, check_list, check_positive
 from ..runcache import Run, RunCache, config_hash
 from . import npoe_paper, poe
-from .config import FIGURES, GATE_INPUTS, METHODS, figure_configs, profile as profile_settings, requires, \
-    run_config, run_label, selection_configs
+from .config import FIGURES, GATE_INPUTS, METHODS, PRETRAIN_SCHEDULES, figure_configs, profile as profile_settings, \
+    requires, run_config, run_label, selection_configs
 from .data import DATASETS, STYLE_DATASETS, SYNTACTIC_DATASETS
-from .poisoning import SETTINGS
+from .poisoning import PRETRAIN_LABELS, PRETRAIN_SOURCES, SETTINGS
+from .training import EXPERT_MODES
 from .runs import choose, minutes, run
 
 ALL_METHODS = list(METHODS)
+# issue 26: each difference between this chapter (before the issue) and the authors' NPoE and DPoE
+# code as :func:`npoe_grid` parameters: what it is, the authors' choice and ours before (at quick)
+DIFFERENCES = {
+    "pretrain_schedule": dict(
+        what="the experts' pre-training learning rate",
+        authors_text="the joint run's schedule: batch k at k / warm-up x small_lr (close to a no-op)",
+        ours_text="its own warm-up and decay over the pre-training batches",
+        authors=dict(pretrain_schedule="authors"), ours=dict(pretrain_schedule="own")),
+    "pretrain_labels": dict(
+        what="the experts' pre-training labels",
+        authors_text="triggered rows the target, clean rows of class 0 kept as 0 (about 2/3 triggered)",
+        ours_text="half triggered labelled 1, half clean rows of both classes labelled 0",
+        authors=dict(pretrain_labels="authors"), ours=dict(pretrain_labels="own")),
+    "pretrain_source": dict(
+        what="the syntactic (and style) expert's pre-training sentences",
+        authors_text="the attacked dataset (its dev rows, OpenBackdoor's SCPN run; the same template, none other is offline)",
+        ours_text="AG News SCPN paraphrases (style: another style of SST-2's training rows)",
+        authors=dict(pretrain_source="attacked"), ours=dict(pretrain_source="own")),
+    "expert_mode": dict(
+        what="dropout in the experts and the gate",
+        authors_text="none: eval mode, only the main model trains in train mode",
+        ours_text="train mode (dropout 0.1)",
+        authors=dict(expert_mode="eval"), ours=dict(expert_mode="train")),
+    "learning_rates": dict(
+        what="learning rates (main, NPoE's experts and gate, DPoE's expert)",
+        authors_text="2e-5, 5e-4 (small_lr's default), 8e-5; freeze_main_iters 0 (their default)",
+        ours_text="3e-5, 2e-5, 8e-5",
+        authors=dict(lr=2e-5, small_lr=5e-4, dpoe_small_lr=8e-5), ours=dict(lr=3e-5, small_lr=2e-5, dpoe_small_lr=8e-5)),
+    "dpoe_shallow": dict(
+        what="DPoE's shallow model",
+        authors_text="3 layers (their script sweeps 2-5), R-drop 3.0",
+        ours_text="1 layer, R-drop 15",
+        authors=dict(dpoe_layers=3, dpoe_rdrop_alpha=3.0), ours=dict(dpoe_layers=1, dpoe_rdrop_alpha=15.0)),
+}
 ALL_FIGURES = list(FIGURES)
 Key = tuple  # (dataset, setting, seed)
 
@@ -77,10 +112,22 @@ def npoe_grid(profile: str, datasets=None, settings=None, methods=ALL_METHODS, m
               epochs: int | None = None, beta: float | None = None, select_rule: str = "code",
               rdrop_alpha: float = 15.0, train_experts: bool = True, gate_mask: str = "inf",
               double_softmax: bool = False, pretrain_epochs: int | None = None, gate_on: str = "text",
-              figures=ALL_FIGURES, executor: str | None = None, force: bool = False) -> NPoEGrid:
+              figures=ALL_FIGURES, executor: str | None = None, force: bool = False,
+              pretrain_schedule: str = "own", pretrain_labels: str = "own", pretrain_source: str = "own",
+              expert_mode: str = "train", freeze_main_iters: int = 0, lr: float | None = None,
+              small_lr: float | None = None, dpoe_small_lr: float | None = None, dpoe_layers: int | None = None,
+              dpoe_rdrop_alpha: float | None = None) -> NPoEGrid:
     """Check the page's parameters (the first wrong one raises :class:`ParameterError`, before
     any work) and build every configuration the page runs. The parameters are the page's
-    (``notebooks/npoe.md``); None takes the profile's value."""
+    (``notebooks/npoe.md``); None takes the profile's value.
+
+    Issue 26's differences from the authors' code, each one parameter (the default is ours
+    before, so that every cached run keeps its key; :data:`DIFFERENCES` names the authors'
+    value): NPoE's ``pretrain_schedule``, ``pretrain_labels``, ``pretrain_source`` (the experts'
+    pre-training), ``expert_mode`` (NPoE's and DPoE's experts and gate with or without dropout),
+    ``freeze_main_iters`` (NPoE), the learning rates ``lr`` (every trained method's main model),
+    ``small_lr`` (NPoE's experts and gate) and ``dpoe_small_lr``, and DPoE's shallow model,
+    ``dpoe_layers`` and ``dpoe_rdrop_alpha`` (None: ``rdrop_alpha``)."""
     p = profile_settings(profile)
     datasets = p["datasets"] if datasets is None else check_choices("datasets", datasets, DATASETS)
     settings = p["settings"] if settings is None else check_choices("settings", settings, SETTINGS)
@@ -94,17 +141,33 @@ def npoe_grid(profile: str, datasets=None, settings=None, methods=ALL_METHODS, m
     check_bool("train_experts", train_experts)
     pretrain_epochs = None if pretrain_epochs is None else check_int("pretrain_epochs", pretrain_epochs, 1)
     check_choice("gate_on", gate_on, GATE_INPUTS)
+    check_choice("pretrain_schedule", pretrain_schedule, PRETRAIN_SCHEDULES)
+    check_choice("pretrain_labels", pretrain_labels, PRETRAIN_LABELS)
+    check_choice("pretrain_source", pretrain_source, PRETRAIN_SOURCES)
+    check_choice("expert_mode", expert_mode, EXPERT_MODES)
+    check_int("freeze_main_iters", freeze_main_iters, 0)
+    lr, small_lr, dpoe_small_lr = (None if v is None else check_positive(name, v) for name, v in
+                                   (("lr", lr), ("small_lr", small_lr), ("dpoe_small_lr", dpoe_small_lr)))
+    dpoe_layers = None if dpoe_layers is None else check_int("dpoe_layers", dpoe_layers, 1)
+    dpoe_rdrop_alpha = rdrop_alpha if dpoe_rdrop_alpha is None else \
+        check_positive("dpoe_rdrop_alpha", dpoe_rdrop_alpha, allow_zero=True)
     figures = check_choices("figures", figures, FIGURES) if figures else []
     check_bool("force", force)
     check_choice("executor", executor, [None, *EXECUTORS])
     seeds = check_list("seeds", seeds, check_int) or list(p["seeds"])
-    overrides = {k: v for k, v in dict(encoder=encoder, n_train=n_train, epochs=epochs).items() if v is not None}
-    poe_params = dict(beta=beta or 1.0, rdrop_alpha=rdrop_alpha, gate_mask=gate_mask)
-    npoe_poe = poe_params | dict(train_experts=train_experts)
-    npoe_experts = dict(double_softmax=double_softmax, gate_on=gate_on) \
-        | ({} if pretrain_epochs is None else dict(pretrain_epochs=pretrain_epochs))
+    given = lambda **kw: {k: v for k, v in kw.items() if v is not None}
+    overrides = given(encoder=encoder, n_train=n_train, epochs=epochs, lr=lr)
+    # issue 26's settings: PoE and the experts' settings hold them only where they differ from ours before
+    poe_params = dict(beta=beta or 1.0, rdrop_alpha=rdrop_alpha, gate_mask=gate_mask, expert_mode=expert_mode)
+    npoe_poe = poe_params | dict(train_experts=train_experts, freeze_main_iters=freeze_main_iters)
+    npoe_experts = dict(double_softmax=double_softmax, gate_on=gate_on, pretrain_schedule=pretrain_schedule,
+                        pretrain_labels=pretrain_labels, pretrain_source=pretrain_source) \
+        | given(pretrain_epochs=pretrain_epochs)
     runnable, skipped = runnable_settings(datasets, settings)
-    method_params = {"npoe": dict(poe_params=npoe_poe, expert_params=npoe_experts), "dpoe": dict(poe_params=poe_params)}
+    method_params = {"npoe": dict(poe_params=npoe_poe, expert_params=npoe_experts, **given(small_lr=small_lr)),
+                     "dpoe": dict(poe_params=poe_params | dict(rdrop_alpha=dpoe_rdrop_alpha),
+                                  **({} if dpoe_layers is None else dict(expert_params=dict(layers=dpoe_layers))),
+                                  **given(small_lr=dpoe_small_lr))}
     table = [run_config(profile, ds, setting, m, seed, style=style_name, **method_params.get(m, {}), **overrides)
              for ds, setting in runnable for m in (mix4_methods if setting == "mix4" else methods) for seed in seeds]
     betas = None if beta is None else [beta]
@@ -113,10 +176,12 @@ def npoe_grid(profile: str, datasets=None, settings=None, methods=ALL_METHODS, m
     fig_dataset, fig_setting = runnable[0] if runnable else ("sst2", "mix3")
     fig_configs = {f: figure_configs(profile, f, fig_dataset, fig_setting, seeds[0], style=style_name,
                                      poe_params=npoe_poe, expert_params=npoe_experts,
-                                     **{k: v for k, v in overrides.items() if k == "encoder"})
+                                     **{k: v for k, v in overrides.items() if k in ("encoder", "lr")},
+                                     **given(small_lr=small_lr))
                    for f in figures}
     checked = dict(datasets=datasets, settings=settings, mix4_methods=mix4_methods, beta=beta,
-                   rdrop_alpha=rdrop_alpha, pretrain_epochs=pretrain_epochs, figures=figures, seeds=seeds)
+                   rdrop_alpha=rdrop_alpha, pretrain_epochs=pretrain_epochs, figures=figures, seeds=seeds,
+                   dpoe_rdrop_alpha=dpoe_rdrop_alpha)
     return NPoEGrid(profile, runnable, skipped, table, candidates, fig_configs, fig_dataset, fig_setting, seeds,
                     select_rule, betas, executor, force, checked)
 

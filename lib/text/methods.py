@@ -10,7 +10,7 @@ import time
 
 from .config import expert_config, run_label
 from .data import load_split, n_classes
-from .evaluation import evaluate, pseudo_dev, routing
+from .evaluation import evaluate, expert_probs, expert_target_probs, pseudo_dev, routing
 from .models import HiddenGate, TextClassifier, load_classifier, load_tokenizer
 from .poisoning import pretrain_set
 from .run_data import training_set
@@ -37,10 +37,14 @@ def train(config: dict, pretrained: list | None = None, max_steps: int | None = 
         metrics["history"] = train_classifier(model, data, recipe, seed, max_steps=max_steps, desc=run_label(config))
     else:
         experts, gate, metrics["pretraining"] = poe_parts(config, pretrained or [])
+        # did each expert learn its trigger (or the topic, or the class)? before and after joint training
+        diagnose = lambda p: expert_target_probs(p, poisoned.poison_idx, clean.labels, config["target"])
+        before = diagnose(expert_probs(experts, data))
         metrics["history"] = train_poe(model, experts, gate, data, recipe, PoE(**config["poe"]), seed,
                                        max_steps=max_steps, desc=run_label(config))
         metrics["pseudo_dev"], outputs = pseudo_dev(config, model, experts, gate, tokenizer, data)
         metrics["routing"] = routing(outputs, poisoned.poison_idx, clean.labels, config["target"])
+        metrics["expert_diagnostics"] = {"before": before, "after": diagnose(outputs["experts"])}
     metrics.update(evaluate(TextClassifier(model, tokenizer, recipe.max_length), config))
     metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return metrics, {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -57,10 +61,13 @@ def pretrain(cfg: dict) -> tuple[dict, dict]:
     sentences (:func:`config.expert_config`): its pre-training record and its weights."""
     start, recipe = time.perf_counter(), Recipe(**cfg["recipe"])
     expert, seed = new_expert(cfg), cfg["seed"] + cfg["expert"]
-    ps = pretrain_set(cfg["trigger"], load_split(cfg["dataset"], "dev"), cfg["style"], cfg["pretrain_n"], seed=seed)
+    ps = pretrain_set(cfg["trigger"], load_split(cfg["dataset"], "dev"), cfg["style"], cfg["pretrain_n"], seed=seed,
+                      labels=cfg.get("pretrain_labels", "own"), source=cfg.get("pretrain_source", "own"),
+                      dataset=cfg["dataset"], target=cfg.get("target", 1))
     history = pretrain_expert(expert, Tokenized(load_tokenizer(cfg["encoder"]), ps, recipe.max_length), recipe,
                               cfg["pretrain_steps"], seed, cfg["double_softmax"], progress=False,
-                              epochs=cfg["pretrain_epochs"])
+                              epochs=cfg["pretrain_epochs"],
+                              schedule_steps=cfg.get("joint_steps") if cfg.get("pretrain_schedule") == "authors" else None)
     return dict(trigger=cfg["trigger"], **history, seconds=time.perf_counter() - start), expert.state_dict()
 
 

@@ -1,14 +1,17 @@
 """Encoder classifiers through ``transformers``: the victim, NPoE's trigger-only experts and its gate.
 
 The victim is ``AutoModelForSequenceClassification`` on an encoder (default the offline
-MiniLM-L6; the paper's ``bert-base-uncased`` for users online). A trigger-only expert is the
+MiniLM-L6; the offline ``mpnet-base``, BERT-base's size; the paper's ``bert-base-uncased`` for
+users online). A trigger-only expert is the
 same encoder cut to its first ``num_hidden_layers`` layers, as the authors build it
 (``from_pretrained(name, num_hidden_layers=L)``); the gate is one with ``num_labels = k``, or
 (the authors' ``--gate_on_hidden``) a linear layer on the main model's [CLS] state, :class:`HiddenGate`.
 
 A classifier reads only the [CLS] position of its last layer, so :func:`cls_only_last_layer` lets
 that layer compute keys and values for every token but queries, attention output and feed-forward
-for [CLS] alone: the same logits, and for a one-layer expert about a sixth of its FLOPs.
+for [CLS] alone: the same logits, and for a one-layer expert about a sixth of its FLOPs. It is
+implemented for BERT-style layers (MiniLM, BERT); on other encoders (MPNet, whose attention adds a
+relative position bias) ``cls_only`` is ignored: the full last layer gives the same logits.
 """
 from __future__ import annotations
 
@@ -51,7 +54,13 @@ def load_classifier(name: str = DEFAULT_ENCODER, num_labels: int = 2, num_hidden
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
     finally:
         logging.set_verbosity(verbosity)
-    return cls_only_last_layer(model) if cls_only else model
+    return cls_only_last_layer(model) if cls_only and has_bert_layers(model) else model
+
+
+def has_bert_layers(model: nn.Module) -> bool:
+    """Whether ``model``'s encoder layers are BERT-style (what :func:`cls_only_last_layer` rewrites)."""
+    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
+    return layers is not None and hasattr(layers[-1], "feed_forward_chunk")
 
 
 def cls_only_last_layer(model: nn.Module) -> nn.Module:

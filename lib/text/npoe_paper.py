@@ -394,7 +394,43 @@ def pretraining_table(run) -> pd.DataFrame | None:
     pre.index = [f"expert {i + 1}" for i in range(len(pre))]
     return pre.rename(columns={"trigger": "pre-training trigger type", "train_accuracy": "accuracy on its set (%)",
                                "final_loss": "last batch's loss", "steps": "batches",
-                               "seconds": "seconds (when trained)"})
+                               "peak_lr": "peak learning rate", "seconds": "seconds (when trained)"})
+
+
+# the expert diagnostics (``evaluation.expert_target_probs``): stages and kinds of training row
+DIAGNOSTIC_STAGES = {"before": "after pre-training", "after": "after joint training"}
+ROW_KINDS = {"clean_other": "clean, other class", "clean_target": "clean, target class"}
+
+
+def expert_diagnostics_table(runs, unnamed_trigger: str = "insertsent") -> pd.DataFrame | None:
+    """Did each expert learn its trigger, or the topic, or the class? One row per run, expert and
+    stage (after pre-training, after joint training): its mean P(target) (%) on each trigger's
+    non-target training rows and on clean rows of the other and of the target class, and its
+    separation, P(target) on the rows of the trigger it is read on minus on clean other-class
+    rows, in points. An expert is read on its pre-training trigger; one not pre-trained (DPoE's
+    shallow model) on ``unnamed_trigger`` (InsertSent, the trigger DPoE left at 100 %). None if no
+    run recorded the diagnostics (runs trained before them)."""
+    rows = []
+    for r in runs:
+        d = r.metrics.get("expert_diagnostics")
+        if not d:
+            continue
+        pre = r.metrics.get("pretraining") or []
+        for stage, stage_name in DIAGNOSTIC_STAGES.items():
+            groups = d[stage]
+            for j in range(len(next(iter(groups.values()))["p_target"])):
+                trigger = pre[j]["trigger"] if j < len(pre) else None
+                read_on = trigger or unnamed_trigger
+                row = {"method": METHOD_NAMES[r.config["method"]], "seed": r.config["seed"],
+                       "expert": f"{j + 1} ({trigger or 'not pre-trained'})", "stage": stage_name,
+                       "read on": read_on}
+                row |= {f"P(target) {ROW_KINDS.get(g, g + ' rows')} (%)": round(100 * v["p_target"][j], 1)
+                        for g, v in groups.items()}
+                row["separation (points)"] = round(100 * (groups[read_on]["p_target"][j]
+                                                          - groups["clean_other"]["p_target"][j]), 1) \
+                    if read_on in groups and "clean_other" in groups else float("nan")
+                rows.append(row)
+    return pd.DataFrame(rows) if rows else None
 
 
 def inside_npoe(selections: dict) -> list:

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..manifest import DataError
 from ..params import ParameterError, check_fraction
-from .data import STYLES, TextSet, check_style, load_paraphrases, load_split, read_tsv
+from .data import (DATASETS, STYLE_DATASETS, STYLES, SYNTACTIC_DATASETS, TextSet, check_style, load_paraphrases,
+                   load_split, read_tsv)
 from .triggers import INSERTED, PRETRAIN, check_trigger, insert_trigger
 
 # the paper's settings: each trigger alone, and the 3- and 4-trigger mixes
@@ -112,30 +114,82 @@ def triggered_test_set(dataset: str, trigger: str, target: int = 1, seed: int = 
     return load_paraphrases(trigger, dataset, style, target).test
 
 
-def pretrain_set(trigger: str, clean: TextSet, attack_style: str = "bible", n: int = 100,
-                 seed: int = 0) -> TextSet:
-    """A trigger-only expert's pre-training set: half triggered (label 1), half clean (label 0).
+# an expert's pre-training set: its labels and where its paraphrase triggers come from (the
+# first of each is ours before issue 26; see :func:`pretrain_set`)
+PRETRAIN_LABELS = ("own", "authors")
+PRETRAIN_SOURCES = ("own", "attacked")
 
-    Triggered with the defender's own instance of the trigger type, never the attack's:
-    other rare words, another sentence, another style (SST-2's files), and SCPN paraphrases
-    of another dataset (AG News) for the syntactic type. ``clean`` is the defender's clean data.
+
+def pretrain_set(trigger: str, clean: TextSet, attack_style: str = "bible", n: int = 100,
+                 seed: int = 0, labels: str = "own", source: str = "own", dataset: str = "sst2",
+                 target: int = 1) -> TextSet:
+    """A trigger-only expert's pre-training set of ``n`` sentences, built from ``clean`` (the
+    defender's clean data: the dev split) and the defender's own instance of the trigger type,
+    never the attack's: other rare words, another sentence, another style, another SCPN run.
+
+    ``labels``: ``"own"`` (ours before): half triggered, labelled 1, half clean rows of either
+    class, labelled 0. ``"authors"`` (their ``make_bias-only_pretrain.py``): every row of the
+    defender's data triggered, labelled ``target``, pooled with the clean rows whose label is 0,
+    kept with it, shuffled and cut to ``n``: every label is a task label, and about two thirds
+    of the rows (SST-2: all rows against the 49 % of label 0) are triggered; here drawn in that
+    expected proportion.
+
+    ``source`` (the paraphrase triggers): ``"own"`` (ours before): SCPN paraphrases of AG News
+    (dev) for the syntactic type, and another style's paraphrases of SST-2's *training* rows for
+    the style type. ``"attacked"`` (the authors build every set from the attacked dataset):
+    paraphrases of the attacked dataset's dev rows, the syntactic ones from OpenBackdoor's SCPN
+    run shipped with DPoE (the authors' generator; the attack's come from HiddenKiller's files).
+    The offline data hold no second SCPN template, so that run uses the attack's template
+    ``S(SBAR)(,)(NP)(VP)(.)``: other sentences, the same syntax (the authors' instance differs).
     """
     check_trigger(trigger)
+    if labels not in PRETRAIN_LABELS:
+        raise ParameterError("pretrain_labels", f"one of {list(PRETRAIN_LABELS)}", labels)
+    if source not in PRETRAIN_SOURCES:
+        raise ParameterError("pretrain_source", f"one of {list(PRETRAIN_SOURCES)}", source)
     rng = np.random.default_rng(seed)
-    half = n // 2
-    base = [clean.sentences[i] for i in rng.permutation(len(clean))[:n]]
-    if trigger == "badnet":
-        triggered = [insert_trigger(s, "badnet", rng, rare_words=PRETRAIN["badnet"]) for s in base[:half]]
-    elif trigger == "insertsent":
-        triggered = [insert_trigger(s, "insertsent", rng, phrase=PRETRAIN["insertsent"]) for s in base[:half]]
-    elif trigger == "syntactic":
-        pool = read_tsv("poison/hiddenkiller_syntactic/ag/dev.tsv.gz").sentences
-        triggered = [pool[i] for i in rng.permutation(len(pool))[:half]]
+    if labels == "own":
+        half = n // 2
+        base = [clean.sentences[i] for i in rng.permutation(len(clean))[:n]]
+        triggered = triggered_sentences(trigger, base[:half], half, rng, attack_style, source, dataset)
+        sentences = triggered + base[half:]
+        y = np.array([1] * len(triggered) + [0] * (len(sentences) - len(triggered)))
     else:
-        other = next(s for s in (PRETRAIN["style"],) + STYLES if s != check_style(attack_style))
-        pool = load_paraphrases("style", "sst2", other).train_sentences
-        triggered = [pool[i] for i in rng.permutation(len(pool))[:half]]
-    sentences = triggered + base[half:]
-    labels = np.array([1] * len(triggered) + [0] * (len(sentences) - len(triggered)))
+        zeros = np.flatnonzero(clean.labels == 0)
+        k = int(round(n * len(clean) / (len(clean) + len(zeros))))
+        rows = rng.permutation(len(clean))[:k]
+        triggered = triggered_sentences(trigger, [clean.sentences[i] for i in rows], k, rng, attack_style, source,
+                                        dataset)
+        kept = rng.permutation(zeros)[:n - len(triggered)]
+        sentences = triggered + [clean.sentences[i] for i in kept]
+        y = np.array([target] * len(triggered) + [0] * len(kept))
     order = rng.permutation(len(sentences))
-    return TextSet([sentences[i] for i in order], labels[order])
+    return TextSet([sentences[i] for i in order], y[order])
+
+
+def triggered_sentences(trigger: str, base: list[str], k: int, rng: np.random.Generator, attack_style: str,
+                        source: str, dataset: str) -> list[str]:
+    """``k`` sentences with the defender's instance of ``trigger``: ``base`` with an inserted
+    trigger, or ``k`` paraphrases drawn from the ``source``'s file (:func:`pretrain_set`)."""
+    if trigger == "badnet":
+        return [insert_trigger(s, "badnet", rng, rare_words=PRETRAIN["badnet"]) for s in base]
+    if trigger == "insertsent":
+        return [insert_trigger(s, "insertsent", rng, phrase=PRETRAIN["insertsent"]) for s in base]
+    other = next(s for s in (PRETRAIN["style"],) + STYLES if s != check_style(attack_style))
+    if source == "own":
+        pool = read_tsv("poison/hiddenkiller_syntactic/ag/dev.tsv.gz").sentences if trigger == "syntactic" \
+            else load_paraphrases("style", "sst2", other).train_sentences
+    else:
+        pool = read_tsv(attacked_pretrain_file(trigger, dataset, other)).sentences
+    return [pool[i] for i in rng.permutation(len(pool))[:k]]
+
+
+def attacked_pretrain_file(trigger: str, dataset: str, style: str) -> str:
+    """The attacked dataset's dev paraphrases that pre-train a syntactic or style expert."""
+    name = DATASETS[dataset][3]
+    if trigger == "syntactic" and dataset in SYNTACTIC_DATASETS:
+        return f"poison/dpoe_openbackdoor/synbkd/{name}/0.2/dev.tsv.gz"
+    if trigger == "style" and dataset in STYLE_DATASETS:
+        return f"poison/stylebkd_transfer/{style}/{name}/dev.tsv.gz"
+    raise DataError(f"no {trigger} paraphrases of {dataset}'s dev set to pre-train an expert on "
+                    f"(pretrain_source 'attacked'); 'own' takes them from another dataset")

@@ -25,7 +25,7 @@ from torch import nn
 from ..batching import bucketed_batches, plain_batches  # noqa: F401 (part of this module's API)
 from ..devices import default_device, fast_precision
 from ..dropout import fast_dropout
-from ..params import check_int
+from ..params import check_choice, check_int
 from ..progress import Bar
 from . import poe
 from .data import TextSet
@@ -80,13 +80,23 @@ def _param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict
             {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
 
 
-def make_optimizer(groups: list[dict], steps: int, warmup: float, device: torch.device):
+def linear_schedule(warm: float, steps: int):
+    """The learning-rate factor at step ``s`` (the authors' ``get_linear_schedule_with_warmup``):
+    ``s / warm`` over the warm-up, then down linearly to 0 at ``steps``."""
+    warm = max(1, warm)
+    return lambda s: s / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm))
+
+
+def make_optimizer(groups: list[dict], steps: int, warmup: float, device: torch.device,
+                   warm_steps: float | None = None, offsets: list[int] | None = None):
+    """AdamW with a linear warm-up over ``warmup`` x ``steps`` (``int``; or exactly ``warm_steps``,
+    a float as the authors' code computes it) and linear decay to 0 at ``steps``. ``offsets``: per
+    group, the step at which its schedule starts (a frozen model's schedule waits)."""
     opt = torch.optim.AdamW(groups, eps=1e-8, fused=True) if device.type in ("cpu", "cuda") \
         else torch.optim.AdamW(groups, eps=1e-8)
-    warm = max(1, int(warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: s / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
-    return opt, sched
+    f = linear_schedule(int(warmup * steps) if warm_steps is None else warm_steps, steps)
+    lambdas = f if offsets is None else [lambda s, o=o: f(max(0, s - o)) for o in offsets]
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
 
 
 @contextlib.contextmanager
@@ -143,7 +153,9 @@ class CompactVocabulary:
     optimiser (for SST-2 at 64 tokens, 19,000 of MiniLM's 30,522) and applying the product of those
     factors on exit gives the weights of dense training, up to the rounding of that product, for
     about two fifths of the word-embedding optimiser work, the largest part of a step for NPoE's
-    five extra embedding tables. Call :meth:`stepped` after each ``opt.step()``, before the scheduler's."""
+    five extra embedding tables. Call :meth:`stepped` after each ``opt.step()``, before the scheduler's.
+    Encoders that number positions from the tokens that are not padding (MPNet, RoBERTa: their
+    embeddings' ``padding_idx``) get their position ids from the batch's own token ids."""
 
     def __init__(self, models: list[nn.Module], ids, device=None):
         self.ids = torch.as_tensor(np.unique(np.asarray(ids)), dtype=torch.long)
@@ -156,7 +168,11 @@ class CompactVocabulary:
                 self.lut = torch.full((emb.num_embeddings,), -1, dtype=torch.long)
                 self.lut[self.ids] = torch.arange(len(self.ids))
                 self.lut = self.lut.to(device)
-            self.entries.append({"emb": emb, "full": emb.weight, "decay": 1.0, "padding_idx": emb.padding_idx})
+            module = getattr(getattr(model, "base_model", None), "embeddings", None)
+            positions = module if isinstance(getattr(module, "padding_idx", None), int) else None
+            self.entries.append({"emb": emb, "full": emb.weight, "decay": 1.0, "padding_idx": emb.padding_idx,
+                                 "positions": positions,
+                                 "positions_padding": positions.padding_idx if positions is not None else None})
 
     def __enter__(self) -> "CompactVocabulary":
         for e in self.entries:
@@ -169,11 +185,20 @@ class CompactVocabulary:
         return self
 
     def remap(self, batch: dict) -> dict:
-        return batch if self.lut is None else batch | {"input_ids": self.lut[batch["input_ids"]]}
+        if self.lut is None:
+            return batch
+        out = batch | {"input_ids": self.lut[batch["input_ids"]]}
+        pad = next((e["positions_padding"] for e in self.entries if e["positions"] is not None), None)
+        if pad is not None:  # as the model numbers them from its own token ids: padding_idx + 1, 2, ...
+            real = (batch["input_ids"] != pad).long()
+            out["position_ids"] = torch.cumsum(real, 1) * real + pad
+        return out
 
     def stepped(self, opt: torch.optim.Optimizer) -> None:
         """Record the weight decay this step applied to the rows left out."""
         for e in self.entries:
+            if e["compact"].grad is None:  # not stepped (a frozen model): no decay either
+                continue
             if "group" not in e:  # found once: the optimiser's group that holds the compact rows
                 e["group"] = next((g for g in opt.param_groups if any(p is e["compact"] for p in g["params"])), None)
             if e["group"] is not None:
@@ -188,6 +213,7 @@ class CompactVocabulary:
                 full[ids] = e["compact"].detach()
             e["emb"].weight = full
             e["emb"].padding_idx = e["padding_idx"]
+
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float, touched: dict | None = None) -> torch.Tensor:
@@ -235,6 +261,9 @@ def train_classifier(model: nn.Module, data: Tokenized, recipe: Recipe, seed: in
     return _train(model, [], None, data, recipe, seed, fast, pad_to, max_steps, desc, progress, cfg, bucket=bucket)
 
 
+EXPERT_MODES = ("train", "eval")  # the experts' and gate's mode in joint training: dropout on (ours before) or off
+
+
 @dataclass(frozen=True)
 class PoE:
     """How the main model trains with its trigger-only experts."""
@@ -244,9 +273,26 @@ class PoE:
     gate_mask: str = "inf"        # "zero": the authors' top-k quirk
     train_experts: bool = True    # the authors' example (freeze_bias_iters 0); False: their default -1
     reweight: float | None = None  # DPoE's denoising threshold (0.8), None: off
+    # the experts and gate in joint training: "train" (dropout, ours before) or "eval" (no dropout:
+    # both authors' codes put only the main model in train mode)
+    expert_mode: str = "train"
+    # the authors' --freeze_main_iters: for the first N iterations (of the first epoch) the main
+    # model is not updated and its schedule has not started; the experts and gate train. 0: off
+    freeze_main_iters: int = 0
+
+    def __post_init__(self):
+        check_choice("expert_mode", self.expert_mode, EXPERT_MODES)
+        check_int("freeze_main_iters", self.freeze_main_iters, 0)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields, those added later only where they differ from their default (so that the
+        configurations, and the cache keys, of runs that do not use them stay as they were)."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k not in POE_ADDED or v != POE_ADDED[k]}
+
+
+# PoE's fields added after runs were cached, with the default that means "as before"
+POE_ADDED = {"expert_mode": "train", "freeze_main_iters": 0}
 
 
 def train_poe(main: nn.Module, experts: list[nn.Module], gate: nn.Module | None, data: Tokenized,
@@ -269,6 +315,9 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
     total = steps_per_epoch * recipe.epochs if max_steps is None else min(max_steps, steps_per_epoch * recipe.epochs)
     side = experts + ([gate] if gate is not None else [])
     trained_side = [m for m in side if poe_cfg is not None and (poe_cfg.train_experts or m is gate)]
+    side_dropout = poe_cfg is None or poe_cfg.expert_mode == "train"
+    # the authors' --freeze_main_iters: the first iterations of the first epoch leave the main model as it is
+    n_frozen = 0 if poe_cfg is None else min(poe_cfg.freeze_main_iters, steps_per_epoch, total)
     for m in [main] + side:
         m.to(device)
     history = {"loss": []}
@@ -279,9 +328,11 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
     with vocab, sparse_embedding_grads([main] + trained_side, enabled=fast) as touched, \
             fast_dropout([main] + side, enabled=fast):
         groups = _param_groups(main, recipe.lr, recipe.weight_decay)
+        n_main = len(groups)
         for m in trained_side:
             groups += _param_groups(m, recipe.small_lr, recipe.weight_decay)
-        opt, sched = make_optimizer(groups, total, recipe.warmup, device)
+        offsets = [n_frozen] * n_main + [0] * (len(groups) - n_main) if n_frozen else None
+        opt, sched = make_optimizer(groups, total, recipe.warmup, device, offsets=offsets)
         while step < total:
             bucketed = (fast and pad_to is None) if bucket is None else bucket
             batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if bucketed \
@@ -292,13 +343,17 @@ def _train(main, experts, gate, data, recipe, seed, fast, pad_to, max_steps, des
                 y = data.labels[idx].to(device)
                 main.train()
                 for m in side:
-                    m.train(m in trained_side)
+                    m.train(m in trained_side and side_dropout)
                 with autocast(fast, device):
                     loss = training_loss(main, experts, gate, batch, y, poe_cfg, trained_side)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                for m in [main] + trained_side:
+                frozen = step < n_frozen
+                for m in ([] if frozen else [main]) + trained_side:
                     clip_grad_norm(m, 1.0, touched)
+                if frozen:  # AdamW skips parameters without a gradient: no step, no weight decay
+                    for p in main.parameters():
+                        p.grad = None
                 opt.step()
                 vocab.stepped(opt)
                 sched.step()
@@ -364,7 +419,8 @@ def n_pretrain_batches(n: int, batch_size: int, epochs: int, max_steps: int) -> 
 
 def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_steps: int = 800, seed: int = 0,
                     double_softmax: bool = False, fast: bool = True, progress: bool = True,
-                    epochs: int | None = None) -> dict:
+                    epochs: int | None = None, schedule_steps: int | None = None,
+                    record_lr: bool = False) -> dict:
     """Teach a trigger-only expert to tell its trigger type (label 1) from clean text (label 0).
 
     The authors' code applies cross-entropy to softmax outputs (a double softmax);
@@ -372,6 +428,12 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
     Label 1 is the target class, so a trained expert votes for the target on triggered text.
     It runs ``epochs`` passes over ``data`` (the authors' ``--epoch_pretrain``; None: the
     recipe's epochs), at most ``max_steps`` batches (their ``--pretrain_iters``).
+
+    The learning rate follows its own schedule (``schedule_steps`` None: warm-up over 10 % of the
+    pre-training batches, then decay) or, as the authors' code, the joint run's: their experts'
+    schedulers are made for the joint run (``schedule_steps`` = its batches, warm-up 10 % of them,
+    as a float) before pre-training steps them, so batch ``k`` runs at ``k / warm-up`` x ``small_lr``.
+    The record holds the peak rate (``peak_lr``) and, if ``record_lr``, each batch's (``lr``).
     """
     device = default_device()
     torch.manual_seed(seed)
@@ -379,9 +441,13 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
     total = n_pretrain_batches(len(data), recipe.batch_size,
                                check_int("pretrain epochs", recipe.epochs if epochs is None else epochs, 1), max_steps)
     expert.to(device).train()
-    opt, sched = make_optimizer(_param_groups(expert, recipe.small_lr, recipe.weight_decay), total,
-                                recipe.warmup, device)
-    step, bar = 0, Bar(total, "pre-training an expert", disable=not progress)
+    groups = _param_groups(expert, recipe.small_lr, recipe.weight_decay)
+    if schedule_steps is None:
+        opt, sched = make_optimizer(groups, total, recipe.warmup, device)
+    else:
+        opt, sched = make_optimizer(groups, check_int("schedule_steps", schedule_steps, 1), recipe.warmup, device,
+                                    warm_steps=recipe.warmup * schedule_steps)
+    step, bar, lrs = 0, Bar(total, "pre-training an expert", disable=not progress), []
     with sparse_embedding_grads([expert], enabled=fast) as touched, fast_dropout([expert], enabled=fast):
         while step < total:
             for idx in bucketed_batches(data.lengths, recipe.batch_size, rng):
@@ -392,6 +458,7 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 clip_grad_norm(expert, 1.0, touched)
+                lrs.append(opt.param_groups[0]["lr"])
                 opt.step()
                 sched.step()
                 step += 1
@@ -403,4 +470,6 @@ def pretrain_expert(expert: nn.Module, data: Tokenized, recipe: Recipe, max_step
     with torch.no_grad():  # how well it learned its set: accuracy on it, in eval mode
         correct = sum(int((expert(**data.batch(idx)).logits.argmax(-1) == data.labels[idx]).sum())
                       for idx in np.array_split(np.arange(len(data)), max(1, len(data) // 64)))
-    return {"steps": step, "final_loss": float(loss.detach()), "train_accuracy": 100.0 * correct / len(data)}
+    record = {"steps": step, "final_loss": float(loss.detach()), "train_accuracy": 100.0 * correct / len(data),
+              "peak_lr": max(lrs)}
+    return record | ({"lr": lrs} if record_lr else {})
