@@ -1,10 +1,13 @@
 # make book   execute every chapter at PROFILE (smoke | quick | paper) and build the HTML book
+#             CHAPTERS="pmoe_attacks npoe": a book of those chapters; SOLUTIONS=no: without the exercises' solutions
 # make test   run the test suite (unit tests, every notebook at smoke, the book build)
 # make bench  measure training speed (pMoE, the text encoder, NPoE, LoRA SFT and Locphylax); the performance appendix reads it
 # make run NB=<chapter> ARGS='-p key value ...'   re-execute one chapter with new parameters
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= quick
+CHAPTERS ?=
+SOLUTIONS ?= yes
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # MathJax, served from the book's own files so that formulas render offline
@@ -33,8 +36,9 @@ $(MATHJAX):
 	  && mv package/es5/tex-svg.js $(CURDIR)/$@ && rm -rf $$tmp
 
 book: $(STAMP) $(MATHJAX)
-	$(PY) -m moebackdoor.book execute --profile $(PROFILE)
-	$(PY) -m moebackdoor.book build
+	@case "$(SOLUTIONS)" in yes|no) ;; *) echo "SOLUTIONS must be yes or no, not '$(SOLUTIONS)'"; exit 2;; esac
+	$(PY) -m moebackdoor.book execute --profile $(PROFILE) $(if $(strip $(CHAPTERS)),--only $(CHAPTERS))
+	$(PY) -m moebackdoor.book build $(if $(strip $(CHAPTERS)),--chapters $(CHAPTERS)) $(if $(filter no,$(SOLUTIONS)),--no-solutions)
 	@echo "The book is in book/_build/html/index.html"
 
 test: $(STAMP) $(MATHJAX)

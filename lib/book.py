@@ -3,10 +3,14 @@
     python -m moebackdoor.book execute --profile quick   # every chapter, then the summary pages
     python -m moebackdoor.book run pmoe_attacks -p seeds "[0, 1]"   # one chapter, new parameters
     python -m moebackdoor.book build                     # book/ -> book/_build/html, warnings as errors
+    python -m moebackdoor.book execute --only npoe       # a book of some chapters (a course's, say)
+    python -m moebackdoor.book build --no-solutions      # the exercises without their solutions
 
 The chapters are the notebooks of ``book/_toc.yml`` (jupytext MyST files in ``notebooks/``),
 executed in its order; the summary pages (landing page, reproducibility report, performance
-appendix) read the chapters' outputs and are executed after them. While a chapter runs, the
+appendix) read the chapters' outputs and are executed after them. ``execute --only`` chooses the
+book's chapters (its *contents*, recorded for the summary pages and the build); a chapter in the
+contents that has not been executed renders as a short page saying how to build it. While a chapter runs, the
 terminal shows which run is training, with bars and the time left (:mod:`moebackdoor.progress`).
 """
 from __future__ import annotations
@@ -36,6 +40,9 @@ EXPERIMENTS = REPO_ROOT / "experiments"
 PROFILES = profiles.NAMES
 # pages that summarise the chapters' outputs: executed after every chapter, in this order
 SUMMARY_PAGES = ("reproducibility", "performance", "intro")
+CONTENTS = "contents.json"  # in the builds folder: the chapters the book is made of
+# the first line of a page that stands in for a chapter not executed yet (build replaces it)
+PLACEHOLDER = "<!-- moebackdoor: not built yet -->"
 
 
 def toc_stems(toc: Path = BOOK / "_toc.yml") -> list[str]:
@@ -60,6 +67,32 @@ def chapter_sources() -> list[Path]:
 
 def summary_sources() -> list[Path]:
     return [NOTEBOOKS / f"{s}.md" for s in SUMMARY_PAGES]
+
+
+def chapter_titles() -> dict[str, str]:
+    """Every chapter's title (its first heading), by file stem, in the book's order."""
+    return {s.stem: title(s) for s in chapter_sources()}
+
+
+def contents() -> list[str]:
+    """The chapters of the book being made, in the book's order: those the last ``execute`` was
+    given (``--only``, ``make book CHAPTERS=...``), else every chapter."""
+    stems = [s.stem for s in chapter_sources()]
+    path = paths.builds_dir() / CONTENTS
+    if not path.is_file():
+        return stems
+    chosen = set(json.loads(path.read_text())["chapters"])
+    return [s for s in stems if s in chosen]
+
+
+def record_contents(chapters: list[str]) -> Path:
+    """Note the book's chapters (atomically), for the summary pages and :func:`build`."""
+    path = paths.builds_dir() / CONTENTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps({"chapters": list(chapters)}, indent=1))
+    os.replace(tmp, path)
+    return path
 
 
 def parameters_of(source: Path) -> dict[str, dict]:
@@ -189,12 +222,12 @@ def record_build(source: Path, parameters: dict, seconds: float, started: float)
 
 
 def chapter_builds() -> "pd.DataFrame":
-    """One row per chapter of the book: when, at which profile, on what machine and how long it
-    was last executed (chapters never executed have empty cells)."""
+    """One row per chapter of the book (:func:`contents`): when, at which profile, on what machine
+    and how long it was last executed (chapters never executed have empty cells)."""
     import pandas as pd
 
     rows = []
-    for source in chapter_sources():
+    for source in [NOTEBOOKS / f"{c}.md" for c in contents()]:
         path = paths.builds_dir() / f"{source.stem}.json"
         r = json.loads(path.read_text()) if path.is_file() else {}
         rows.append({"chapter": source.stem, "title": title(source), "profile": r.get("profile"),
@@ -237,12 +270,19 @@ def _execute_with_report(source: Path, out_dir: Path, parameters: dict, step: st
 def execute_all(profile: str, out_dir: Path = BOOK / "chapters", only: list[str] | None = None,
                 verbose: bool = False) -> list[Path]:
     """Execute the chapters (all, or those named in ``only``) at ``profile``, then the summary pages
-    (always: they are quick, and name only summary pages in ``only`` to refresh just them)."""
+    (always: they are quick, and name only summary pages in ``only`` to refresh just them). The
+    chapters executed become the book's :func:`contents`."""
     check_choice("profile", profile, PROFILES)
     sources = chapter_sources()
-    if only:
+    if only is not None:
         check_choices("only", only, [s.stem for s in sources] + list(SUMMARY_PAGES))
-        sources = [s for s in sources if s.stem in only]
+        chapters = [s for s in sources if s.stem in only]
+        if chapters or not set(only) <= set(SUMMARY_PAGES):
+            sources = chapters
+        else:  # only summary pages: refresh them, keep the contents
+            sources = []
+    if only is None or sources:
+        record_contents([s.stem for s in sources])
     pages = summary_sources()
     done = []
     with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(sys.stderr if verbose else quiet):
@@ -274,14 +314,78 @@ def run_experiment(chapter: str, parameters: dict, out_dir: Path | None = None,
     return out
 
 
-def build(book_dir: Path = BOOK, config: Path = REPO_ROOT / "_config.yml",
-          toc: Path | None = None) -> None:
-    """Build the HTML book into ``book_dir/_build/html``; any warning fails the build."""
+def book_toc(chapters: list[str], toc: Path = BOOK / "_toc.yml") -> dict:
+    """The table of contents with only ``chapters`` among the chapters (the summary pages and
+    the references stay); a part left empty is dropped."""
+    keep = set(chapters) | set(SUMMARY_PAGES)
+
+    def kept(entry) -> bool:
+        f = str(entry.get("file", ""))
+        return not f.startswith("chapters/") or f.split("/", 1)[1] in keep
+
+    data = yaml.safe_load(toc.read_text())
+    parts = []
+    for part in data.get("parts", []):
+        entries = [e for e in part.get("chapters", []) if kept(e)]
+        if entries:
+            parts.append({**part, "chapters": entries})
+    return {**data, "parts": parts}
+
+
+def placeholder_pages(stems: list[str], book_dir: Path = BOOK, chapters: list[str] | None = None) -> list[Path]:
+    """A short page for each of ``stems`` not executed yet (``chapters/<stem>.ipynb`` missing),
+    saying so and how to build it as part of the book of ``chapters`` (default :func:`contents`);
+    stand-in pages of earlier builds are removed first."""
+    chapters = contents() if chapters is None else chapters
+    folder = book_dir / "chapters"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.md"):
+        if old.read_text().startswith(PLACEHOLDER):
+            old.unlink()
+    written = []
+    for stem in stems:
+        if (folder / f"{stem}.ipynb").is_file():
+            continue
+        chapter = stem not in SUMMARY_PAGES
+        command = (f"make book CHAPTERS=\"{' '.join(chapters)}\"" if chapter
+                   else "python -m moebackdoor.book execute --only " + stem)
+        page = folder / f"{stem}.md"
+        page.write_text(f"{PLACEHOLDER}\n# {title(NOTEBOOKS / f'{stem}.md')}\n\n"
+                        f"This {'chapter' if chapter else 'page'} has not been built yet. "
+                        f"Build it with\n\n```bash\n{command}\n```\n\n"
+                        + ("which executes it (training only the runs missing from the cache) and rebuilds "
+                           "the book; `make run NB=" + stem + " ARGS='--publish'` executes it alone.\n"
+                           if chapter else "which reads the chapters' outputs.\n"))
+        written.append(page)
+    return written
+
+
+def build(book_dir: Path = BOOK, config: Path = REPO_ROOT / "_config.yml", toc: Path | None = None,
+          chapters: list[str] | None = None, solutions: bool = True) -> None:
+    """Build the HTML book into ``book_dir/_build/html``; any warning fails the build.
+
+    ``chapters``: the chapters in the book (default :func:`contents`); one not executed yet
+    renders as a page that says how to build it. ``solutions=False`` leaves out the exercises'
+    solutions (for pages handed out before a class)."""
+    stems = [s.stem for s in chapter_sources()]
+    chosen = contents() if chapters is None else check_choices("chapters", chapters, stems)
+    placeholder_pages(list(chosen) + list(SUMMARY_PAGES), book_dir, chosen)
+    generated = book_dir / "_build" / ".config"
+    generated.mkdir(parents=True, exist_ok=True)
+    toc_file = generated / "_toc.yml"
+    toc_file.write_text(yaml.safe_dump(book_toc(chosen, toc or book_dir / "_toc.yml"), sort_keys=False))
+    settings = yaml.safe_load(config.read_text())
+    settings.setdefault("sphinx", {}).setdefault("config", {})["moebd_solutions"] = bool(solutions)
+    config_file = config.with_name(f".{config.stem}.build.yml")  # beside the original: its paths hold
+    config_file.write_text(yaml.safe_dump(settings, sort_keys=False))
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb), "build", str(book_dir), "--config", str(config),
-           "--toc", str(toc or book_dir / "_toc.yml"), "--path-output", str(book_dir),
+    cmd = [str(jb), "build", str(book_dir), "--config", str(config_file),
+           "--toc", str(toc_file), "--path-output", str(book_dir),
            "-W", "-n", "--keep-going"]
-    subprocess.run(cmd, check=True, cwd=REPO_ROOT)  # _config.yml's paths are relative to it
+    try:
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT)  # _config.yml's paths are relative to it
+    finally:
+        config_file.unlink(missing_ok=True)
 
 
 def _parse_value(text: str):
@@ -297,7 +401,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="execute every chapter at a profile, then the summary pages")
     ex.add_argument("--profile", default="quick", choices=PROFILES)
-    ex.add_argument("--only", nargs="*", help="chapter names (file stems) to execute; the summary pages always run")
+    ex.add_argument("--only", nargs="+", help="chapter names (file stems) to execute, the book's chapters; "
+                    "the summary pages always run")
     run = sub.add_parser("run", help="re-execute one chapter with new parameters")
     run.add_argument("chapter", help=f"a chapter: {', '.join(s.stem for s in chapter_sources())}")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -305,7 +410,9 @@ def main(argv=None):
     run.add_argument("-y", "--yaml", action="append", default=[], help="parameters as a YAML mapping")
     run.add_argument("--out", type=Path, help="output folder (default experiments/<chapter>-<time>/)")
     run.add_argument("--publish", action="store_true", help="write into the book instead of a separate folder")
-    sub.add_parser("build", help="build the HTML book")
+    bd = sub.add_parser("build", help="build the HTML book")
+    bd.add_argument("--chapters", nargs="+", help="the chapters in the book (default: those last executed)")
+    bd.add_argument("--no-solutions", action="store_true", help="leave out the exercises' solutions")
     args = parser.parse_args(argv)
     try:
         if args.command == "execute":
@@ -320,7 +427,7 @@ def main(argv=None):
             parameters.update({k: _parse_value(v) for k, v in args.parameter})
             run_experiment(args.chapter, parameters, args.out, args.publish)
         else:
-            build()
+            build(chapters=args.chapters, solutions=not args.no_solutions)
     except ParameterError as exc:
         parser.exit(2, f"error: {exc}\n")
     except PapermillExecutionError as exc:

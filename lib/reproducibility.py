@@ -71,3 +71,21 @@ def counts(report: pd.DataFrame) -> pd.DataFrame:
     """Verdicts per chapter and artefact, in the order of :data:`VERDICTS`."""
     table = pd.crosstab([report.chapter, report.artefact], report.verdict)
     return table.reindex(columns=[v for v in VERDICTS if v in table.columns]).fillna(0).astype(int)
+
+
+# what the report says of a chapter beside its cells
+NOTES = {
+    "npoe": "Every paper number of this chapter comes from a secondary summary of the paper (its full text "
+            "could not be obtained), so each is marked unverified and judged by no verdict; ours stands beside it.",
+    "locphylax": "The paper's only number obtained is its abstract's headline, the average ASR after the defense "
+                 "(4.41 %); the chapter sets our average over its attacks beside it.",
+}
+
+
+def chapter_cells(report: pd.DataFrame, chapter: str):
+    """One chapter's cells as the report shows them (a styled table), or None if it is not built."""
+    r = report[report.chapter == chapter]
+    if r.empty or (r.verdict == "not built yet").all():
+        return None
+    return (r[["artefact", "cell", "paper", "ours", "verdict"]].set_index(["artefact", "cell"])
+            .style.format({"paper": "{:.1f}", "ours": "{:.1f}"}, na_rep="—"))

@@ -87,3 +87,36 @@ def test_parameters_are_listed_from_the_parameters_cell():
     assert params["seeds"] == {"default": "None", "help": "e.g. [0, 1, 2]; None: the profile's seeds"}
     table = book.parameter_table("pmoe_attacks", {"profile": "smoke"})
     assert table.loc["profile", "this page"] == "'smoke'" and table.loc["force", "default"] == "False"
+
+
+def test_a_book_of_some_chapters_lists_only_those_and_says_which_are_not_built(smoke_book, tmp_path, monkeypatch):
+    import re
+    import shutil
+    from html import unescape
+
+    root, site, _ = smoke_book
+    out, course = tmp_path / "generated", tmp_path / "book"
+    shutil.copytree(root / "generated", out)
+    shutil.copytree(site, course, ignore=shutil.ignore_patterns("_build"))
+    monkeypatch.setenv("MOEBD_OUTPUT_DIR", str(out))
+    # a teacher's book of chapter 1: the summary pages list it alone, the solutions are left out
+    book.record_contents(["pmoe_attacks"])
+    book.execute_all("smoke", out_dir=course / "chapters", only=list(book.SUMMARY_PAGES))  # keeps the contents
+    assert book.contents() == ["pmoe_attacks"]
+    book.build(course, solutions=False)
+    html = course / "_build" / "html"
+    assert sorted(p.stem for p in (html / "chapters").glob("*.html")) == \
+        ["intro", "performance", "pmoe_attacks", "reproducibility"]
+    intro = (html / "chapters" / "intro.html").read_text()
+    assert intro.count("<td>smoke</td>") == 1 and "npoe.html" not in intro and "locphylax.html" not in intro
+    assert set(pd.read_csv(out / "tables" / "reproducibility.csv").chapter) == {"pmoe_attacks"}
+    chapter1 = (html / "chapters" / "pmoe_attacks.html").read_text()
+    assert "Exercises" in chapter1 and "Solutions" not in chapter1 and "25 poisoned images" not in chapter1
+    # a chapter in the book but never executed: a page that says so and how to build it
+    (course / "chapters" / "npoe.ipynb").unlink()
+    book.build(course, chapters=["pmoe_attacks", "npoe"])
+    npoe = unescape(re.sub(r"<[^>]+>", "", (html / "chapters" / "npoe.html").read_text()))  # the text
+    assert "has not been built yet" in npoe and 'make book CHAPTERS="pmoe_attacks npoe"' in npoe
+    assert "25 poisoned images" in (html / "chapters" / "pmoe_attacks.html").read_text()  # solutions back
+    book.build(course, chapters=["pmoe_attacks"])  # the stand-in page goes once it is not in the book
+    assert not (course / "chapters" / "npoe.md").exists()
