@@ -131,13 +131,18 @@ def show_parameters(chapter: str, values: dict):
 def check_parameters(source: Path, parameters: dict) -> None:
     """Refuse parameters for a notebook without a ``parameters`` cell, or a parameter it does not
     have (papermill would only warn, and the notebook's defaults would silently win)."""
+    import difflib
+
     known = parameters_of(source)
     if parameters and not known:
         raise ValueError(f"{source} has no cell tagged 'parameters'; papermill cannot set its parameters")
-    for name in parameters:
-        if name not in known:
-            raise ParameterError(name, f"one of the parameters of {source.stem}: {', '.join(known)}",
-                                 parameters[name])
+    unknown = [name for name in parameters if name not in known]
+    if unknown:  # every unknown name at once, each with the nearest known one
+        hints = {n: difflib.get_close_matches(n, known, n=1) for n in unknown}
+        guess = "; ".join(f"did you mean `{hints[n][0]}` for `{n}`?" for n in unknown if hints[n])
+        raise ParameterError(", ".join(unknown), f"one of the parameters of {source.stem}: {', '.join(known)}"
+                             + (f" ({guess})" if guess else ""),
+                             parameters[unknown[0]] if len(unknown) == 1 else {n: parameters[n] for n in unknown})
 
 
 def _kernel_manager(socket_dir: str):
@@ -193,9 +198,10 @@ def execute_notebook(source: Path, out_dir: Path, parameters: dict | None = None
                                 kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
                                 kernel_manager_class=_kernel_manager(sockets))
         os.replace(tmp, out)
-    except pm.PapermillExecutionError:
+    except pm.PapermillExecutionError as exc:
         if tmp.exists():
-            os.replace(tmp, out_dir / f"{source.stem}.failed.ipynb")
+            exc.kept = out_dir / f"{source.stem}.failed.ipynb"  # where the failed notebook is kept
+            os.replace(tmp, exc.kept)
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -410,6 +416,7 @@ def main(argv=None):
     run.add_argument("-y", "--yaml", action="append", default=[], help="parameters as a YAML mapping")
     run.add_argument("--out", type=Path, help="output folder (default experiments/<chapter>-<time>/)")
     run.add_argument("--publish", action="store_true", help="write into the book instead of a separate folder")
+    run.add_argument("--list", action="store_true", help="list the chapter's parameters, defaults and what they accept")
     bd = sub.add_parser("build", help="build the HTML book")
     bd.add_argument("--chapters", nargs="+", help="the chapters in the book (default: those last executed)")
     bd.add_argument("--no-solutions", action="store_true", help="leave out the exercises' solutions")
@@ -417,6 +424,10 @@ def main(argv=None):
     try:
         if args.command == "execute":
             execute_all(args.profile, only=args.only, verbose=True)
+        elif args.command == "run" and args.list:
+            check_choice("chapter", args.chapter, [s.stem for s in chapter_sources()])
+            for name, p in parameters_of(NOTEBOOKS / f"{args.chapter}.md").items():
+                print(f"{name} = {p['default']}\n    {p['help']}")
         elif args.command == "run":
             parameters = {}
             for text in args.yaml:
@@ -431,8 +442,9 @@ def main(argv=None):
     except ParameterError as exc:
         parser.exit(2, f"error: {exc}\n")
     except PapermillExecutionError as exc:
+        kept = getattr(exc, "kept", None)
         parser.exit(1, f"error: a chapter stopped with {exc.ename}: {exc.evalue}\n"
-                       "(the failed notebook is kept beside the output as <chapter>.failed.ipynb)\n")
+                       + (f"(the failed notebook is kept as {kept})\n" if kept else ""))
     except KeyboardInterrupt:
         parser.exit(130)
 

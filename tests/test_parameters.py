@@ -95,7 +95,37 @@ def test_command_line_refuses_unknown_chapters_and_parameters(capsys):
     assert exit_.value.code == 2 and "parameter `only`" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         book.main(["run", "pmoe_attacks", "-p", "seed", "1"])
-    assert exit_.value.code == 2 and "parameter `seed`: expected one of the parameters" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "parameter `seed`: expected one of the parameters" in err
+    assert "did you mean `seeds` for `seed`?" in err
+    with pytest.raises(ParameterError) as bad:  # every unknown name of one call, together
+        book.check_parameters(book.NOTEBOOKS / "npoe.md", {"sead": 1, "epoch": 2, "zzz": 0, "beta": 1.0})
+    assert str(bad.value).startswith("parameter `sead, epoch, zzz`:")
+    assert "did you mean `seeds` for `sead`?; did you mean `epochs` for `epoch`?)" in str(bad.value)
+    with pytest.raises(SystemExit) as exit_:
+        book.main(["execute", "--only"])  # an empty --only
+    assert exit_.value.code == 2
+
+
+def test_run_list_prints_the_parameters_and_what_they_accept(capsys):
+    book.main(["run", "npoe", "--list"])
+    out = capsys.readouterr().out
+    assert "select_rule = \"code\"" in out and "the pseudo-dev rule" in out and "force = False" in out
+
+
+def test_a_failed_chapter_names_the_notebook_it_kept(monkeypatch, tmp_path, capsys):
+    from papermill.exceptions import PapermillExecutionError
+
+    def failing(source, out_dir, parameters, progress_file=None):
+        exc = PapermillExecutionError(0, 1, "raise ValueError('boom')", "ValueError", "boom", [])
+        exc.kept = tmp_path / "npoe.failed.ipynb"
+        raise exc
+
+    monkeypatch.setattr(book, "execute_notebook", failing)
+    with pytest.raises(SystemExit) as exit_:
+        book.main(["run", "npoe", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and f"kept as {tmp_path / 'npoe.failed.ipynb'}" in err
 
 
 def test_terminal_progress_names_the_run_and_counts(tmp_path):
