@@ -250,6 +250,21 @@ def test_the_diagnostics_table_reads_each_expert_on_its_trigger():
     assert npoe_paper.expert_diagnostics_table([old]) is None
 
 
+def test_the_results_table_can_name_each_runs_encoder():
+    class R:
+        def __init__(self, encoder, asr):
+            self.config = {"dataset": "sst2", "setting": "mix3", "method": "npoe", "encoder": encoder}
+            self.metrics = {"cacc": 80.0, "asr": asr, "asr_by_trigger": {"badnet": asr, "insertsent": asr}}
+
+    runs = [R("minilm-l6", 40.0), R("minilm-l6", 60.0), R("mpnet-base", 10.0)]
+    assert list(npoe_paper.results_table(runs).columns) == npoe_paper.COLUMNS  # as before: one row, seeds averaged
+    t = npoe_paper.results_table(runs, encoder_column=True)
+    assert list(t.columns) == npoe_paper.COLUMNS + ["encoder"]
+    overall = t[t.trigger == ""].set_index("encoder")
+    assert overall.asr.to_dict() == {"minilm-l6": 50.0, "mpnet-base": 10.0}
+    assert overall.paper_asr.to_dict() == {"minilm-l6": 26.0, "mpnet-base": 26.0}
+
+
 # MPNet-base
 
 needs_mpnet = pytest.mark.skipif(not pretrained.mpnet_installed(), reason="MPNet-base's packages "

@@ -54,21 +54,26 @@ PAPER_TRENDS = {
 NOT_OBTAINED = "not obtained: the paper plots it, but no summary states the trend"
 
 
-def results_table(runs) -> pd.DataFrame:
+def results_table(runs, encoder_column: bool = False) -> pd.DataFrame:
     """One row per (dataset, setting, method) with the overall ASR (empty ``trigger``), then one
-    row per trigger of the setting with its own ASR; the paper's numbers beside ours, in percent."""
+    row per trigger of the setting with its own ASR; the paper's numbers beside ours, in percent.
+    ``encoder_column``: one more column, last, naming each run's encoder (issue 26: the same
+    methods at two sizes), part of what tells rows apart."""
     rows = []
     for r in runs:
         c, m = r.config, r.metrics
         paper_cacc, paper_asr = PAPER.get((c["dataset"], c["setting"], c["method"]), (None, None))
-        base = {"dataset": c["dataset"], "setting": c["setting"], "method": c["method"]}
+        base = {"dataset": c["dataset"], "setting": c["setting"], "method": c["method"]} \
+            | ({"encoder": c["encoder"]} if encoder_column else {})
         rows.append(dict(base, trigger="", cacc=m["cacc"], asr=m["asr"], paper_cacc=paper_cacc, paper_asr=paper_asr))
         if len(m["asr_by_trigger"]) > 1:
             for trigger, asr in m["asr_by_trigger"].items():
                 rows.append(dict(base, trigger=trigger, cacc=np.nan, asr=asr, paper_cacc=None, paper_asr=None))
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    columns = COLUMNS + (["encoder"] if encoder_column else [])
+    keys = ["dataset", "setting", "method", "trigger"] + (["encoder"] if encoder_column else [])
+    table = pd.DataFrame(rows, columns=columns)
     # several seeds: their mean
-    return table.groupby(["dataset", "setting", "method", "trigger"], sort=False, as_index=False).mean()
+    return table.groupby(keys, sort=False, as_index=False).mean()[columns]
 
 
 def display_table(table: pd.DataFrame, dataset: str, setting: str) -> pd.DataFrame:
@@ -430,7 +435,13 @@ def expert_diagnostics_table(runs, unnamed_trigger: str = "insertsent") -> pd.Da
                                                           - groups["clean_other"]["p_target"][j]), 1) \
                     if read_on in groups and "clean_other" in groups else float("nan")
                 rows.append(row)
-    return pd.DataFrame(rows) if rows else None
+    if not rows:
+        return None
+    t = pd.DataFrame(rows)
+    kinds = [c for c in t.columns if c.startswith("P(target) ")]
+    clean = [f"P(target) {k} (%)" for k in ROW_KINDS.values() if f"P(target) {k} (%)" in kinds]
+    return t[[c for c in t.columns if c not in kinds and c != "separation (points)"]
+             + sorted(c for c in kinds if c not in clean) + clean + ["separation (points)"]]
 
 
 def inside_npoe(selections: dict) -> list:
