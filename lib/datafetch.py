@@ -387,6 +387,9 @@ def _check_existing(entry: dict, path: Path, rec: dict | None, full: bool) -> di
 # ----------------------------------------------------------------------------------------------
 # The builders: one per kind of stored file
 
+class VerifyError(DataError):
+    """Bytes that arrived whole but are not the listed ones (their downloads are discarded)."""
+
 def _staging(data_dir: Path, entry: dict, source: str) -> Path:
     return data_dir / STAGING / entry["repo"] / entry["commit"] / source
 
@@ -415,7 +418,7 @@ def _verify_raw(entry: dict, raw: bytes, where: Path) -> None:
     want = entry.get("raw_sha256")
     if want and (got := hashlib.sha256(raw).hexdigest()) != want:
         where.unlink(missing_ok=True)
-        raise DataError(f"{entry['path']}: the source {entry['repo']}@{entry['commit'][:12]}:{entry['source']} "
+        raise VerifyError(f"{entry['path']}: the source {entry['repo']}@{entry['commit'][:12]}:{entry['source']} "
                         f"has sha256 {got}, but the list expects {want}; refused, nothing written")
 
 
@@ -468,7 +471,7 @@ def build_gtsrb_npz(ctx: dict, entry: dict, out: Path) -> str:
         content = archive_content_sha256(d, "png")
     if content != entry["content_sha256"]:
         bad = sorted(k for k in content if content[k] != entry["content_sha256"].get(k))
-        raise DataError(f"{entry['path']}: the rebuilt archive differs from the stored one in {', '.join(bad)}")
+        raise VerifyError(f"{entry['path']}: the rebuilt archive differs from the stored one in {', '.join(bad)}")
     return "content"
 
 
@@ -487,18 +490,26 @@ def _build(ctx: dict, entry: dict) -> dict:
         verified = BUILDERS[entry["build"]](ctx, entry, tmp)
         sha = sha256_of(tmp)
         if verified == "sha256" and sha != entry["sha256"]:
-            raise DataError(f"{entry['path']}: the built file has sha256 {sha}, but the list expects "
+            raise VerifyError(f"{entry['path']}: the built file has sha256 {sha}, but the list expects "
                             f"{entry['sha256']}; refused, nothing written")
         os.chmod(tmp, 0o644)
         os.replace(tmp, final)
+    except VerifyError:
+        _discard_staged(ctx, entry)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
-    staged = ctx["data_dir"] / STAGING / entry["repo"] / entry["commit"]
-    for source in ([entry["source"]] if entry["build"] in ("copy", "gzip") else []):
-        (staged / source).unlink(missing_ok=True)
-    if entry["build"] in ("cifar10_npz", "gtsrb_npz"):
-        shutil.rmtree(staged, ignore_errors=True)
+    _discard_staged(ctx, entry)
     return _record(final, sha, verified)
+
+
+def _discard_staged(ctx: dict, entry: dict) -> None:
+    """Remove an entry's downloads (kept while it is unbuilt, so that an interrupted step resumes)."""
+    staged = ctx["data_dir"] / STAGING / entry["repo"] / entry["commit"]
+    if entry["build"] in ("copy", "gzip"):
+        (staged / entry["source"]).unlink(missing_ok=True)
+    else:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------

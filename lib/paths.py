@@ -2,7 +2,8 @@
 
 Every location can be moved with an environment variable:
 
-- ``MOEBD_DATA_DIR``: the offline data (default ``../shared/data`` beside the repository)
+- ``MOEBD_DATA_DIR``: the offline data (default ``../shared/data`` beside the repository where it
+  exists, else ``~/.cache/moebackdoor/data``; ``make data`` fills it: :mod:`moebackdoor.datafetch`)
 - ``MOEBD_CACHE_DIR``: decoded datasets and the run cache (default ``.cache/`` in the repository)
 - ``MOEBD_OUTPUT_DIR``: tables and figures for the book (default ``book/generated/``)
 """
@@ -19,8 +20,17 @@ def _from_env(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+def default_data_dir() -> Path:
+    """``../shared/data`` beside the repository where it exists, else the user's cache folder."""
+    shared = (REPO_ROOT.parent / "shared" / "data").resolve()
+    if shared.is_dir():
+        return shared
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return (cache_home / "moebackdoor" / "data").resolve()
+
+
 def data_dir() -> Path:
-    return _from_env("MOEBD_DATA_DIR", (REPO_ROOT.parent / "shared" / "data").resolve())
+    return _from_env("MOEBD_DATA_DIR", default_data_dir())
 
 
 def cache_dir() -> Path:
