@@ -1,6 +1,7 @@
 # make book   execute every chapter at PROFILE (smoke | quick | paper) and build the HTML book
 #             CHAPTERS="pmoe_attacks npoe": a book of those chapters; SOLUTIONS=no: without the exercises' solutions
 # make test   run the test suite (unit tests, every notebook at smoke, the book build)
+# make data   fetch, rebuild and verify any missing data file from its pinned source (book and test run it first)
 # make bench  measure training speed (pMoE, the text encoder, NPoE, LoRA SFT and Locphylax); the performance appendix reads it
 # make run NB=<chapter> ARGS='-p key value ...'   re-execute one chapter with new parameters
 PYTHON ?= python3
@@ -16,7 +17,7 @@ STAMP := $(VENV)/.installed
 MATHJAX := book/_static/mathjax/tex-svg.js
 MATHJAX_VERSION := 3.2.2
 
-.PHONY: book test bench run venv clean
+.PHONY: book test data bench run venv clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +38,17 @@ $(MATHJAX):
 	  && tar -xzf mathjax-$(MATHJAX_VERSION).tgz package/es5/tex-svg.js \
 	  && mv package/es5/tex-svg.js $(CURDIR)/$@ && rm -rf $$tmp
 
-book: $(STAMP) $(MATHJAX)
+# every data file present and verified (a fraction of a second when they are); MOEBD_DATA_DIR moves the folder
+data: $(STAMP)
+	$(PY) -m moebackdoor.datafetch
+
+book: $(STAMP) $(MATHJAX) data
 	@case "$(SOLUTIONS)" in yes|no) ;; *) echo "SOLUTIONS must be yes or no, not '$(SOLUTIONS)'"; exit 2;; esac
 	$(PY) -m moebackdoor.book execute --profile $(PROFILE) $(if $(strip $(CHAPTERS)),--only $(CHAPTERS))
 	$(PY) -m moebackdoor.book build $(if $(strip $(CHAPTERS)),--chapters $(CHAPTERS)) $(if $(filter no,$(SOLUTIONS)),--no-solutions)
 	@echo "The book is in book/_build/html/index.html"
 
-test: $(STAMP) $(MATHJAX)
+test: $(STAMP) $(MATHJAX) data
 	$(PY) -m pytest
 
 bench: $(STAMP)

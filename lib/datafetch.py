@@ -21,9 +21,9 @@ matches (decoded pixels and labels, or the uncompressed bytes) and recorded as v
 
 Downloads resume from a ``.part`` file (HTTP Range) and every file is written atomically. A file that
 verifies is never touched. With the data in place the step hashes nothing: it compares each file's
-size and modification time with a record of the last full check (``.verified.json`` in the data folder,
-or in the cache when the data folder is read-only), so it needs no network and takes a fraction of a
-second.
+size and modification time with a record of the last full check (``.verified.json`` in the data
+folder, or in the cache for a bundle that comes with its ``MANIFEST.md``), so it needs no network and
+takes a fraction of a second.
 """
 from __future__ import annotations
 
@@ -336,10 +336,12 @@ def download(url: str, dest: Path, attempts: int = ATTEMPTS, progress=None) -> P
 # The record of verified files
 
 def stamp_path(data_dir: Path) -> Path:
-    """``.verified.json`` in the data folder, or in the cache when the data folder is read-only."""
+    """``.verified.json`` in a data folder the data step fills (it has no ``MANIFEST.md``); for a
+    bundle that comes with its ``MANIFEST.md`` (``../shared/data``), which is left as it is, in the cache."""
     data_dir = Path(data_dir)
-    if data_dir.is_dir() and os.access(data_dir, os.W_OK):
-        return data_dir / STAMP_NAME
+    own = data_dir / STAMP_NAME
+    if own.is_file() or not (data_dir / "MANIFEST.md").is_file():
+        return own
     key = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12]
     return paths.cache_dir() / "data" / f"verified-{key}.json"
 
@@ -444,7 +446,8 @@ def build_cifar10_npz(ctx: dict, entry: dict, out: Path) -> str:
     arrays = {}
     for split in ("train", "test"):
         members = cifar10_source_paths(entry, split)
-        arrays[f"{split}_jpeg"], arrays[f"{split}_offsets"] = _concat(_fetch_many(ctx, entry, [p for p, _ in members]))
+        jpegs = _fetch_many(ctx, entry, [p for p, _ in members])
+        arrays[f"{split}_jpeg"], arrays[f"{split}_offsets"] = _concat(jpegs)
         arrays[f"{split}_labels"] = np.array([label for _, label in members], np.int64)
     savez_deterministic(out, {k: arrays[k] for k in ("train_jpeg", "train_offsets", "train_labels",
                                                       "test_jpeg", "test_offsets", "test_labels")}
@@ -572,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moebackdoor.datafetch", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", nargs="?", default="fetch", choices=["fetch", "sources"],
                         help="fetch (default): the data step; sources: remake data_sources.json from MANIFEST.md")
-    parser.add_argument("--data-dir", type=Path, help="the data folder (default: MOEBD_DATA_DIR or paths.data_dir())")
+    parser.add_argument("--data-dir", type=Path, help="the data folder (default: $MOEBD_DATA_DIR, else "
+                                                      "../shared/data, else ~/.cache/moebackdoor/data)")
     parser.add_argument("--mirror", help=f"base URL before <repo>/<commit>/<path> (default: ${MIRROR_ENV} or "
                                          f"{DEFAULT_BASE_URL})")
     parser.add_argument("--verify", action="store_true", help="hash every file present again")
