@@ -10,12 +10,15 @@ A paper module lists its cells (``chapter, artefact, cell, series, paper, ours, 
 - ``not reproduced``: neither;
 - ``paper number unverified``: the paper's number comes from a secondary source;
 - ``not run at this profile``: the chapter ran, but not this cell (a rate outside its grid);
+- ``not judged at smoke``: the chapter ran at ``smoke``, whose numbers mean nothing;
 - ``not built yet``: the chapter's table does not exist yet.
 
 >>> cells = pd.DataFrame({"chapter": "c", "artefact": "t", "cell": ["a", "b"], "series": "s",
 ...                       "paper": [10.0, 50.0], "ours": [12.0, 30.0], "verified": True})
 >>> list(verdicts(cells, tolerance=5).verdict)
 ['reproduced', 'trend reproduced']
+>>> list(verdicts(cells, tolerance=5, profiles={"c": "smoke"}).verdict)
+['not judged at smoke', 'not judged at smoke']
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 VERDICTS = ("reproduced", "trend reproduced", "not reproduced", "paper number unverified",
-            "not run at this profile", "not built yet")
+            "not run at this profile", "not judged at smoke", "not built yet")
 COLUMNS = ["chapter", "artefact", "cell", "paper", "ours", "verdict"]
 
 
@@ -33,8 +36,9 @@ def _direction(a: float, b: float, tolerance: float) -> int:
     return 0 if abs(d) <= tolerance else int(np.sign(d))
 
 
-def verdicts(cells: pd.DataFrame, tolerance: float = 5.0) -> pd.DataFrame:
-    """Add a ``verdict`` column; ``tolerance`` is in the cells' unit (points of a percentage)."""
+def verdicts(cells: pd.DataFrame, tolerance: float = 5.0, profiles: dict | None = None) -> pd.DataFrame:
+    """Add a ``verdict`` column; ``tolerance`` is in the cells' unit (points of a percentage).
+    ``profiles`` (chapter -> the profile it ran at): a chapter run at ``smoke`` is not judged."""
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     out = cells.copy()
@@ -56,6 +60,8 @@ def verdicts(cells: pd.DataFrame, tolerance: float = 5.0) -> pd.DataFrame:
                         _direction(out.at[j, "ours"], ours, tolerance)
                     verdict[i] = "trend reproduced" if same else "not reproduced"
     verdict[~out.verified.astype(bool)] = "paper number unverified"
+    smoke = out.chapter.map(lambda c: (profiles or {}).get(c) == "smoke").astype(bool)
+    verdict[smoke & built] = "not judged at smoke"
     verdict[~built] = "not built yet"
     out["verdict"] = verdict
     return out
@@ -89,3 +95,45 @@ def chapter_cells(report: pd.DataFrame, chapter: str):
         return None
     return (r[["artefact", "cell", "paper", "ours", "verdict"]].set_index(["artefact", "cell"])
             .style.format({"paper": "{:.1f}", "ours": "{:.1f}"}, na_rep="—"))
+
+
+def headline(report: pd.DataFrame, chapters: list[str]) -> str:
+    """One chapter group's verdicts in a phrase: ``"3 reproduced, 1 not reproduced of 4 judged"``,
+    or why none is judged."""
+    r = report[report.chapter.isin(chapters)]
+    if r.empty or (r.verdict == "not built yet").all():
+        return "not built yet"
+    if (r.verdict == "not judged at smoke").all():
+        return "not judged (built at smoke)"
+    judged = r[r.verdict.isin(VERDICTS[:3])]
+    counts_ = judged.verdict.value_counts()
+    parts = [f"{int(counts_[v])} {v}" for v in VERDICTS[:3] if v in counts_]
+    unverified = int((r.verdict == "paper number unverified").sum())
+    text = (", ".join(parts) + f" of {len(judged)} judged") if parts else "none judged"
+    return text + (f"; {unverified} paper number{'s' if unverified != 1 else ''} unverified" if unverified else "")
+
+
+# the landing page's line per paper: its chapters and one headline cell (artefact, cell)
+PAPERS = (
+    ("Backdoor attacks against patch-based MoE", ("pmoe_attacks", "pmoe_routing_pruning"),
+     ("pmoe-table1-cifar10", "square, 2 %, ASR"), "CIFAR-10, square trigger at 2 %: ASR"),
+    ("Nested PoE", ("npoe",), ("npoe-results", "sst2, mix3, NPoE, ASR"), "SST-2, 3-trigger mix, NPoE: ASR"),
+    ("Locphylax", ("locphylax",), ("locphylax-results", "mean ASR after Locphylax"), "mean ASR after Locphylax"),
+)
+
+
+def paper_lines(report: pd.DataFrame, chapters: list[str] | None = None) -> str:
+    """Markdown, one line per paper whose chapters are in ``chapters`` (default: all): the
+    report's verdicts and its headline number beside the paper's."""
+    lines = []
+    for name, group, (artefact, cell), what in PAPERS:
+        if chapters is not None and not set(group) & set(chapters):
+            continue
+        line = f"- **{name}**: {headline(report, list(group))}."
+        row = report[(report.artefact == artefact) & (report.cell == cell)]
+        if len(row) and not pd.isna(row.ours.iloc[0]):
+            r = row.iloc[0]
+            mark = "" if r.verdict != "paper number unverified" else " (unverified)"
+            line += f" {what} {r.ours:.1f} % here, {r.paper:g} % in the paper{mark}."
+        lines.append(line)
+    return "\n".join(lines)
