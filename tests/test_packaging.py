@@ -1,4 +1,4 @@
-"""The package installs as a wheel with every module of lib/ in it."""
+"""The package installs as a wheel with every module (and data file) of lib/ in it."""
 import shutil
 import subprocess
 import sys
@@ -16,8 +16,9 @@ def test_the_wheel_holds_every_module_of_lib(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     str(src), "-w", str(tmp_path / "dist")], check=True)
     [wheel] = (tmp_path / "dist").glob("moebackdoor-*.whl")
-    inside = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    inside = set(zipfile.ZipFile(wheel).namelist())
     expected = {"moebackdoor/" + p.relative_to(REPO_ROOT / "lib").as_posix()
-                for p in (REPO_ROOT / "lib").rglob("*.py") if "__pycache__" not in p.parts}
+                for p in (REPO_ROOT / "lib").rglob("*") if p.is_file() and p.suffix in (".py", ".json")
+                and "__pycache__" not in p.parts}
     assert expected - inside == set()
     assert {"moebackdoor/llm/runs.py", "moebackdoor/text/runs.py", "moebackdoor/vision/attacks.py"} <= inside
