@@ -382,6 +382,10 @@ def build(book_dir: Path = BOOK, config: Path = REPO_ROOT / "_config.yml", toc: 
     toc_file.write_text(yaml.safe_dump(book_toc(chosen, toc or book_dir / "_toc.yml"), sort_keys=False))
     settings = yaml.safe_load(config.read_text())
     settings.setdefault("sphinx", {}).setdefault("config", {})["moebd_solutions"] = bool(solutions)
+    has_url = bool((settings.get("repository") or {}).get("url"))
+    settings.setdefault("html", {}).update(use_repository_button=has_url, use_issues_button=has_url)
+    if not has_url:
+        settings.pop("repository", None)  # Jupyter Book's own placeholder address must not show either
     config_file = config.with_name(f".{config.stem}.build.yml")  # beside the original: its paths hold
     config_file.write_text(yaml.safe_dump(settings, sort_keys=False))
     jb = Path(sys.executable).with_name("jupyter-book")

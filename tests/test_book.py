@@ -68,6 +68,7 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
     intro = (html_dir / "chapters" / "intro.html").read_text()
     assert intro.count("<td>smoke</td>") == len(book.chapter_sources())  # each chapter's profile in the table
     assert intro.count("not judged (built at smoke)") == 3  # a line per paper, glued from the report
+    assert "executablebooks/jupyter-book" not in intro and "repository-button" not in intro  # no address set: no link
     for page in ("pmoe_attacks", "locphylax", "intro", "reproducibility"):  # a banner under each title
         text = (html_dir / "chapters" / f"{page}.html").read_text()
         assert text.count("Not the papers' scale") == 1 and "ran at profile smoke, on " in text

@@ -22,3 +22,21 @@ def test_the_wheel_holds_every_module_of_lib(tmp_path):
                 and "__pycache__" not in p.parts}
     assert expected - inside == set()
     assert {"moebackdoor/llm/runs.py", "moebackdoor/text/runs.py", "moebackdoor/vision/attacks.py"} <= inside
+
+
+def test_publishing_files_load_and_the_pages_workflow_builds_the_quick_book():
+    import yaml
+
+    cff = yaml.safe_load((REPO_ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and len(cff["references"]) == 3 and cff["license"] == "MIT"
+    assert "MANIFEST.md" in (REPO_ROOT / "LICENSE").read_text()  # the data keep their own terms
+    flow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "pages.yml").read_text())
+    steps = flow["jobs"]["build"]["steps"]
+    [build] = [s["run"] for s in steps if "run" in s]
+    assert build.startswith("make book PROFILE=quick")
+    [upload] = [s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact")]
+    assert upload["with"]["path"] == "book/_build/html"
+    dry = subprocess.run(build.replace("make ", "make -n ", 1).split(), cwd=REPO_ROOT, capture_output=True, text=True)
+    assert dry.returncode == 0 and "moebackdoor.book execute --profile quick" in dry.stdout
+    assert "moebackdoor.book build" in dry.stdout
+
