@@ -27,6 +27,7 @@ import zipfile
 from pathlib import Path
 
 from . import paths
+from .params import ParameterError
 
 MINILM = "minilm-l6"
 SMOLLM = "smollm2-135m-instruct"
@@ -40,6 +41,57 @@ MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9
 # how each offline model's weights are stored in its package
 STORED_PRECISION = {MINILM: "float32 (safetensors)", SMOLLM: "Q4_1 (4-bit GGUF), de-quantized to float32",
                     MPNET: "float32 (safetensors, in a zip split over five packages)"}
+
+
+OFFLINE_ENCODERS = (MINILM, MPNET)
+OFFLINE_LMS = (SMOLLM,)
+HUB = "https://huggingface.co"
+PROBE_S = 1.0  # how long a model name may take to be found on the hub
+
+
+def _in_hub_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def _on_hub(name: str, timeout: float = PROBE_S) -> bool:
+    """Whether the hub answers now that it holds ``name`` (its config.json), within ``timeout``
+    seconds all told (DNS, a proxy, TLS included)."""
+    import threading
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    answer = []
+
+    def probe():
+        request = urllib.request.Request(f"{HUB}/{name}/resolve/main/config.json", method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                answer.append(response.status < 400)
+        except Exception:  # no network, a refusing proxy, 404, 401: not loadable now
+            pass
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)  # a resolver or a proxy that hangs is given up on here
+    return bool(answer) and answer[0]
+
+
+def check_model_name(parameter: str, name, offline=OFFLINE_ENCODERS) -> str:
+    """``name`` if a run can load it: an offline model, a local folder, a model in the Hugging
+    Face cache, or a hub name while the hub is reachable; else a :class:`ParameterError` naming
+    ``parameter`` and the offline names, within about :data:`PROBE_S` seconds (never after
+    a run has started)."""
+    if not isinstance(name, str) or not name:
+        raise ParameterError(parameter, "a model name", name)
+    if name in offline or Path(name).expanduser().is_dir() or _in_hub_cache(name) or _on_hub(name):
+        return name
+    raise ParameterError(parameter, f"an offline model ({', '.join(offline)}), a local folder, or a Hugging "
+                                    "Face name with the hub reachable (it is not now)", name)
 
 
 def _package_dir(package: str, pip_name: str) -> Path:

@@ -159,3 +159,21 @@ def test_an_interrupted_chapter_says_how_to_resume(monkeypatch, tmp_path, capsys
     err = capsys.readouterr().err
     assert "1 trained in this chapter before the interruption" in err
     assert "run the same command again to resume" in err
+
+
+def test_a_model_name_that_cannot_load_fails_at_once_naming_the_parameter(monkeypatch, tmp_path):
+    import time
+
+    from moebackdoor import pretrained
+    from moebackdoor.text.experiment import npoe_grid
+
+    monkeypatch.setattr(pretrained, "HUB", "https://10.255.255.1")  # a hub that never answers
+    start = time.monotonic()
+    with pytest.raises(ParameterError) as err:
+        npoe_grid("smoke", encoder="nosuchmodel")
+    assert time.monotonic() - start < 5  # not the minutes a run would take before failing
+    assert str(err.value).startswith("parameter `encoder`: expected an offline model (minilm-l6, mpnet-base)")
+    assert npoe_grid("smoke", encoder="minilm-l6").table  # the offline names and local folders pass
+    assert pretrained.check_model_name("encoder", str(tmp_path)) == str(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not pretrained._on_hub("sentence-transformers/all-MiniLM-L6-v2")

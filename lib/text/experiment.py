@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..executors import EXECUTORS
 from ..params import check_bool, check_choice, check_choices, check_int, check_list, check_positive
+from ..pretrained import OFFLINE_ENCODERS, check_model_name
 from ..runcache import Run, RunCache, config_hash
 from . import npoe_paper, poe
 from .config import FIGURES, GATE_INPUTS, METHODS, PRETRAIN_SCHEDULES, figure_configs, profile as profile_settings, \
@@ -155,6 +156,8 @@ def npoe_grid(profile: str, datasets=None, settings=None, methods=ALL_METHODS, m
     check_bool("force", force)
     check_choice("executor", executor, [None, *EXECUTORS])
     seeds = check_list("seeds", seeds, check_int) or list(p["seeds"])
+    if encoder is not None:  # before any run: a name that cannot load fails now, not after minutes
+        check_model_name("encoder", encoder, OFFLINE_ENCODERS)
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}
     overrides = given(encoder=encoder, n_train=n_train, epochs=epochs, lr=lr)
     # issue 26's settings: PoE and the experts' settings hold them only where they differ from ours before
