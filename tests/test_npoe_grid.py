@@ -79,7 +79,10 @@ def test_the_grid_refuses_an_unknown_profile():
         npoe_grid("full")
 
 
-def test_the_grid_names_each_role():
+def test_the_grid_names_each_role(monkeypatch):
+    from moebackdoor import pretrained
+
+    monkeypatch.setattr(pretrained, "_on_hub", lambda name: True)  # a user online: bert-base-uncased loads
     grid = npoe_grid("quick", datasets=["sst2", "hatespeech"], settings=["mix3", "mix4", "style"],
                      mix4_methods=["no_defense", "npoe"], seeds=[0, 1], figures=["npoe-fig-gate-layers"])
     assert grid.runnable == [("sst2", "mix3"), ("sst2", "mix4"), ("sst2", "style"), ("hatespeech", "style")]
