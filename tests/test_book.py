@@ -74,6 +74,8 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
         assert text.count("Not the papers' scale") == 1 and "ran at profile smoke, on " in text
     refs = (html_dir / "references.html").read_text()
     assert "Fine-Pruning" in refs and "WaNet" in refs
+    assert "Chan <em>et al.</em>, 2025" in refs or "Chan et al., 2025" in refs  # labelled as the text cites
+    assert 'href="https://arxiv.org/abs/2404.02356"' in refs and 'href="https://github.com/geefmegeld/pMoE-backdoor"' in refs
     chapter1 = (html_dir / "chapters" / "pmoe_attacks.html").read_text()  # the paper cited in the text, linked
     assert 'class="bibtex-citation"' in chapter1 and "backdoor attacks against patch-based mixture of experts" in chapter1.lower()
     assert (html_dir / "_sources" / "chapters" / "pmoe_attacks.ipynb").stat().st_size > 1000
