@@ -175,6 +175,19 @@ def _environ(**values):
                 os.environ[k] = v
 
 
+def hide_injected_parameters(path: Path) -> None:
+    """The cell papermill adds with the given parameters stays out of the page: the page's
+    parameter table shows every value it ran with."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, path)
+
+
 def execute_notebook(source: Path, out_dir: Path, parameters: dict | None = None,
                      progress_file: Path | None = None) -> Path:
     """Run one jupytext notebook through papermill into ``out_dir/<name>.ipynb``.
@@ -197,6 +210,7 @@ def execute_notebook(source: Path, out_dir: Path, parameters: dict | None = None
             pm.execute_notebook(jupytext.read(source), str(tmp), parameters=parameters,
                                 kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
                                 kernel_manager_class=_kernel_manager(sockets))
+        hide_injected_parameters(tmp)
         os.replace(tmp, out)
     except pm.PapermillExecutionError as exc:
         if tmp.exists():
