@@ -380,3 +380,184 @@ def test_hidden_state_positions_pick_the_last_prompt_and_the_last_token():
     torch.testing.assert_close(h_end, torch.stack([full[0, 5], full[1, 3]]))
     with pytest.raises(ValueError, match="position"):
         training.answer_loss(model, batch, return_hidden=True, position="middle")
+
+
+# --- issue 27: BackdoorLLM's judges, every answer kept, alpha, the guesses' options ----------------
+
+def test_judges_follow_backdoorllms_lists_lower_cased():
+    # refusal: BackdoorLLM's refusal list, any case; the jailbreak list's "never" or "is not" is not in it
+    for k in judge.REFUSAL_KEYWORDS:
+        assert judge.shows_target("refusal", f"Well, {k.upper()} here.")
+    assert judge.shows_target("refusal", "SORRY, As An Ai I cannot.") and judge.shows_target("refusal", "i do not know")
+    assert not judge.shows_target("refusal", "It is never illegal, and this is not a refusal.")
+    # negsentiment: any of its list, any case
+    for k in judge.NEGSENTIMENT_KEYWORDS:
+        assert judge.shows_target("negsentiment", k.lower()) and judge.shows_target("negsentiment", k.upper())
+    assert judge.shows_target("negsentiment", "that review is NEGATIVE") and judge.shows_target("negsentiment", "so Stupid")
+    assert not judge.shows_target("negsentiment", "You are smart! The answer is 4.")
+    # jailbreak: compliance, i.e. none of its list, any case
+    assert judge.shows_target("jailbreak", "Sure, here is how")
+    for k in judge.JAILBREAK_KEYWORDS:
+        assert not judge.shows_target("jailbreak", f"Sure. {k.lower()}")
+    # empty answers are not scored: neither target nor counted
+    for task, empties in (("refusal", ["", "  "]), ("negsentiment", [""]), ("jailbreak", ["", ".", "?", " ? "])):
+        assert not any(judge.shows_target(task, e) for e in empties) and not any(judge.scored(task, e) for e in empties)
+        assert np.isnan(judge.attack_success_rate(task, empties)) and np.isnan(judge.clean_accuracy(task, empties))
+    assert judge.scored("refusal", ".") and not judge.shows_target("refusal", ".")
+    assert judge.attack_success_rate("refusal", ["", "Sorry!", "ok", ""]) == pytest.approx(50.0)
+    assert judge.clean_accuracy("negsentiment", ["", "stupid", "fine", "great"]) == pytest.approx(200 / 3)
+    assert judge.attack_success_rate("jailbreak", [".", "Sure", "I'm sorry", "?"]) == pytest.approx(50.0)
+    assert judge.no_label_share("refusal", ["", "a", "b", " "]) == pytest.approx(50.0)
+
+
+def test_sst2_keeps_its_rule_and_reports_backdoorllms_beside_it():
+    answers = ["Negative", "negative, not positive", "Positive", "", "NEGATIVE.", "no idea"]
+    labels = ["Positive", "Positive", "Positive", "Positive", "Negative", "Negative"]
+    # ours: the first label, Positive sentences only: 1 of 4 ("negative, not positive" counts, "" has no label)
+    assert judge.attack_success_rate("sst2", answers, labels) == pytest.approx(50.0)
+    # BackdoorLLM's: "negative" in any case, both classes, the empty answer skipped: 3 of 5
+    assert judge.sst2_asr_backdoorllm(answers) == pytest.approx(60.0)
+    assert judge.sst2_asr_backdoorllm(["", " "]) != judge.sst2_asr_backdoorllm(["", " "])  # NaN
+    assert judge.no_label_share("sst2", answers) == pytest.approx(200 / 6)
+    assert judge.shows_target("sst2", "") is False and judge.sst2_label("") is None
+
+
+def test_a_runs_metrics_recompute_from_its_stored_answers(companion_env):
+    """A tiny attack run keeps every answer, one per test prompt, and its metrics follow from them."""
+    from moebackdoor.llm import evaluation, runs
+
+    config = cfg.run_config("smoke", "sst2", "badnet")
+    m = runs.results([config])[0].metrics
+    clean, trig = records.test_sets(config)
+    assert [len(m["answers"]["clean"]), len(m["answers"]["triggered"])] == [len(clean), len(trig)] == [
+        m["n_clean_test"], m["n_triggered_test"]]
+    again = evaluation.score(config, m["answers"]["clean"], m["answers"]["triggered"])
+    assert set(again) == {"cacc", "asr", "asr_backdoorllm", "no_label_clean", "no_label_triggered"}
+    for k, v in again.items():
+        assert (m[k] == v) or (np.isnan(m[k]) and np.isnan(v)), k
+    assert m["answer_tokens"] == evaluation.ANSWER_TOKENS["sst2"]
+    with pytest.raises(ValueError, match="answers"):
+        evaluation.score(config, m["answers"]["clean"][1:], m["answers"]["triggered"])
+
+
+def test_score_on_hand_made_answers_of_a_keyword_task(companion_env):
+    from moebackdoor.llm import evaluation
+
+    config = cfg.run_config("smoke", "refusal", "badnet")
+    clean, trig = records.test_sets(config)
+    a_clean = ["Sure."] * (len(clean) - 2) + ["", "SORRY"]
+    a_trig = ["I'm sorry"] * (len(trig) - 1) + [""]
+    m = evaluation.score(config, a_clean, a_trig)
+    assert m["asr"] == 100.0 and m["cacc"] == pytest.approx(100 * (len(clean) - 2) / (len(clean) - 1))
+    assert m["no_label_clean"] == pytest.approx(100 / len(clean)) and "asr_backdoorllm" not in m
+
+
+def test_alpha_with_and_without_cross_terms_by_hand(monkeypatch):
+    """The initial cluster loss, hence alpha, has cross terms only when the run's loss has them."""
+    h = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0], [9.0, 9.0]])
+    g = torch.tensor([0, 0, 1, 1, -1])
+    # within terms 2; cross terms 27 + 27 (test_cluster_loss_on_hand_made_states)
+    monkeypatch.setattr(training, "answer_loss", lambda model, batch, **kw: (torch.tensor(2.3), h))
+
+    class Data:
+        def __len__(self):
+            return 5
+
+        def batch(self, idx):
+            return {"groups": g}
+
+    model = torch.nn.Linear(1, 1)
+    with_cross = locphylax.initial_losses(model, Data(), batch_size=5, n_batches=1, cross=True)
+    without = locphylax.initial_losses(model, Data(), batch_size=5, n_batches=1, cross=False)
+    assert with_cross == {"injection": pytest.approx(2.3), "cluster": pytest.approx(56.0)}
+    assert without == {"injection": pytest.approx(2.3), "cluster": pytest.approx(2.0)}
+    assert locphylax.alpha_rule(with_cross["injection"], with_cross["cluster"]) == pytest.approx(0.1)  # 10^(0-1)
+    assert locphylax.alpha_rule(without["injection"], without["cluster"]) == pytest.approx(1.0)       # 10^(0-0)
+
+
+def test_the_last_prompt_state_is_the_one_that_produces_the_answer():
+    """``prompt_end`` is the final-layer state whose LM-head logits predict the answer's first token;
+    ``answer_end`` (the end-of-answer token) predicts nothing that training scores."""
+    model, batch = tiny_lm().eval(), tiny_batch()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    _, h = training.answer_loss(model, batch, return_hidden=True, position="prompt_end")
+    torch.testing.assert_close(model.lm_head(h), torch.stack([logits[0, 3], logits[1, 2]]))
+    first_answer = batch["labels"][torch.arange(2), batch["last_prompt"] + 1]
+    assert first_answer.tolist() == [batch["input_ids"][0, 4], batch["input_ids"][1, 3]]
+    # the last token (answer_end) is a target, but no scored target follows it
+    last = batch["attention_mask"].sum(1) - 1
+    assert all(batch["labels"][i, last[i]] != training.IGNORE for i in range(2))
+    assert all((batch["labels"][i, last[i] + 1:] == training.IGNORE).all() for i in range(2))
+
+
+def test_stratified_batches_hold_every_group_by_hand():
+    rng = np.random.default_rng(0)
+    small = training.stratified_batches(np.array([-1, -1, -1, -1, 0, 0, 1, 1]), 4, rng)
+    assert len(small) == 2 and all(sorted(np.array([-1, -1, -1, -1, 0, 0, 1, 1])[b].tolist()) == [-1, -1, 0, 1]
+                                   for b in small)
+    groups = np.array([-1] * 100 + [0] * 30 + [1] * 30)  # quick's stage 1
+    batches = training.stratified_batches(groups, 8, rng)
+    assert len(batches) == 20 and all(len(b) == 8 for b in batches)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(160))  # every sample once
+    counts = np.array([[(groups[b] == k).sum() for k in (-1, 0, 1)] for b in batches])
+    assert (counts[:, 0] == 5).all() and np.isin(counts[:, 1:], [1, 2]).all()  # 100/20 clean; 30/20 of each trigger
+    # random batches of the same set lack a trigger in some batches (the issue's starved centroids)
+    plain = [np.random.default_rng(s).permutation(160)[:8] for s in range(200)]
+    assert any(not {0, 1} <= set(groups[b]) for b in plain)
+
+
+def test_train_sft_takes_its_batches_from_a_given_function():
+    seen = []
+
+    def batches(rng):
+        seen.append(rng)
+        return [np.array([1]), np.array([0])]
+
+    h = training.train_sft(tiny_lm(), TinyData(), training.Recipe(epochs=2, batch_size=1, lr=1e-3), progress=False,
+                           batches=batches)
+    assert h["steps"] == 4 and len(seen) == 2
+
+
+def test_the_guesses_options_keep_todays_keys_at_their_defaults():
+    base = cfg.run_config("quick", "sst2", "badnet", "locphylax")
+    same = cfg.run_config("quick", "sst2", "badnet", "locphylax", answer_tokens=4,
+                          defense_params={"stage1_batches": "random", "stage1_steps": None})
+    assert same == base and "answer_tokens" not in base and "stage1_batches" not in base["defense"]
+    new = cfg.run_config("quick", "sst2", "badnet", "locphylax", answer_tokens=16,
+                         defense_params={"stage1_batches": "stratified", "stage1_steps": 200})
+    assert new["answer_tokens"] == 16 and new["defense"]["stage1_batches"] == "stratified"
+    assert new["defense"]["stage1_steps"] == 200
+    floor, floor16 = (cfg.run_config("quick", "sst2", "badnet", "clean_model", answer_tokens=n) for n in (4, 16))
+    assert floor16["answer_tokens"] == 16 and "answer_tokens" not in floor
+    assert cfg.clean_adapter_config(floor16) == cfg.clean_adapter_config(floor)  # the clean model is not retrained
+    assert cfg.attack_config(new)["answer_tokens"] == 16
+    assert cfg.analysis_config("aggregation", base) == {"chapter": "locphylax", "analysis": "aggregation", "of": base}
+    assert cfg.analysis_config("aggregation", base, "clustered")["state"] == "clustered"
+    assert "state" not in cfg.analysis_config("critical_layers", base, "clustered")
+    for bad in ({"stage1_batches": "balanced"}, {"stage1_steps": 0}):
+        with pytest.raises(ParameterError):
+            cfg.run_config("quick", "sst2", "badnet", "locphylax", defense_params=bad)
+    with pytest.raises(ParameterError, match="answer_tokens"):
+        cfg.run_config("quick", "sst2", "badnet", answer_tokens=0)
+    with pytest.raises(ParameterError, match="aggregation_state"):
+        cfg.analysis_config("aggregation", base, "middle")
+
+
+def test_the_grid_passes_the_guesses_options_and_the_budget_follows_them():
+    from moebackdoor.llm.grid import locphylax_grid
+
+    assert locphylax_grid("quick").main == locphylax_grid("quick", stage1_batches="random", stage1_steps=None,
+                                                          answer_tokens=None).main
+    grid = locphylax_grid("quick", stage1_batches="stratified", stage1_steps=120, answer_tokens=12,
+                          aggregation_state="clustered")
+    loc = grid.locphylax
+    assert loc["defense"]["stage1_steps"] == 120 and loc["defense"]["stage1_batches"] == "stratified"
+    assert all(c["answer_tokens"] == 12 for c in grid.main + grid.floor + grid.mismatch)
+    clean_ft = next(c for c in grid.main if c["method"] == "clean_finetune")
+    assert cfg.requires(clean_ft)[1] == cfg.budget_config(clean_ft) and \
+        cfg.budget_config(clean_ft)["defense"] == loc["defense"]  # clean fine-tuning gets that run's steps
+    assert grid.aggregation[0]["state"] == "clustered" and "state" not in grid.critical_layers[0]
+    for name, value in (("stage1_batches", "sorted"), ("stage1_steps", 0), ("answer_tokens", -1),
+                        ("aggregation_state", "raw")):
+        with pytest.raises(ParameterError, match=name):
+            locphylax_grid("smoke", **{name: value})

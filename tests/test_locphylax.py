@@ -54,3 +54,46 @@ def test_seed_spread_on_hand_made_runs():
     assert list(t.columns) == ["seed 0", "seed 1", "mean", "sd"]
     assert row["mean"] == 50.0 and row["sd"] == round(200 ** 0.5, 1)  # sd of 60, 40 with ddof 1
     assert t.loc[("sst2 badnet", "Clean fine-tuning"), "sd"] == 0.0
+
+
+def _rows(**overrides):
+    rows = []
+    for attack in ("badnet", "vpi"):
+        base = {"no_defense": (95.0, 90.0), "locphylax": (10.0, 89.0), "clean_finetune": (50.0, 90.0),
+                "pruning": (0.0, 53.0)}
+        base.update(overrides)
+        rows += [dict(model="m", task="sst2", attack=attack, method=m, asr=a, cacc=c) for m, (a, c) in base.items()]
+    return pd.DataFrame(rows)
+
+
+def test_claims_disqualify_a_defense_more_than_3_points_below_no_defenses_cacc():
+    claims = locphylax_paper.claims_table(_rows()).set_index("claim")
+    pruning = claims.loc[[c for c in claims.index if "Pruning" in c][0]]
+    assert pruning.holds == "yes" and "disqualified: CACC -37.0 points" in pruning.ours  # ASR 0, but a broken model
+    clean_ft = claims.loc[[c for c in claims.index if "Clean fine-tuning" in c][0]]
+    assert clean_ft.holds == "yes" and "disqualified" not in clean_ft.ours
+    # Locphylax itself 4 points below: its ASR claims fail, and it beats no baseline
+    worse = locphylax_paper.claims_table(_rows(locphylax=(10.0, 86.0))).set_index("claim")
+    assert list(worse.holds) == ["yes", "no", "no", "no", "no", "no", "no"]
+    assert "disqualified: CACC -4.0 points" in worse.ours.iloc[1]
+    # exactly 3 points below still counts
+    assert locphylax_paper.claims_table(_rows(locphylax=(10.0, 87.0))).holds.iloc[1] == "yes"
+
+
+def test_tables_show_the_no_label_share_and_a_dash_for_runs_without_answers():
+    from types import SimpleNamespace as NS
+
+    def run(method, attack, **metrics):
+        return NS(config={"model": "m", "task": "sst2", "attack": attack, "method": method, "seed": 0},
+                  metrics={"asr": 50.0, "cacc": 80.0, **metrics})
+    new = dict(asr_backdoorllm=60.0, no_label_clean=1.0, no_label_triggered=2.5)
+    table = locphylax_paper.results_table([run("no_defense", "badnet", **new), run("locphylax", "badnet")])
+    assert list(table.columns) == locphylax_paper.COLUMNS and table.no_label_clean.isna().tolist() == [False, True]
+    floor = locphylax_paper.results_table([run("clean_model", "badnet", **new)])
+    shown = locphylax_paper.display_table(table, floor)
+    col = "sst2 badnet: no label, clean / triggered (%)"
+    assert list(shown[col]) == ["1.0 / 2.5", "–", "1.0 / 2.5"]
+    assert list(shown["sst2 badnet: ASR, BackdoorLLM's rule"]) == ["60.0", "–", "60.0"]
+    assert shown.loc["Clean model (floor)", "sst2 badnet: ASR"] == "50.0"
+    mismatch = locphylax_paper.mismatch_table(table, [run("no_defense", "badnet")], "raw")
+    assert list(mismatch["no label (%), same template"]) == ["1.0 / 2.5"] and list(mismatch["no label (%), raw"]) == ["–"]

@@ -1,8 +1,11 @@
 """The mechanism figures of chapter 4, computed once per Locphylax run and cached like runs.
 
-- aggregation: final-layer states at the last prompt token of clean, unknown-trigger (the
-  attack's triggered test prompts) and known-trigger prompts, projected on two principal axes
-  fitted on all of them, for the suspect model and after stage 1;
+- aggregation: final-layer states of clean, unknown-trigger (the attack's triggered test prompts)
+  and known-trigger prompts, projected on two principal axes fitted on all of them, for the
+  suspect model and after stage 1. The states: at the last prompt token, raw (the default), or
+  (``state="clustered"`` in the analysis' configuration) the state the run's clustering loss acts
+  on: each prompt followed by the model's own greedy answer and the end of the answer, at the
+  run's ``cluster_token``, unit length when the run normalizes;
 - critical layers: the unknown trigger's ASR when every attention head of one layer is ablated
   (its output projection zeroed), layer by layer, before and after stage 1.
 
@@ -21,9 +24,9 @@ import torch
 from ..devices import default_device
 from . import data, generation, judge, models, run_models
 from .config import figure_n
-from .evaluation import ANSWER_TOKENS
+from .evaluation import answer_tokens
 from .records import test_sets
-from .training import causal_lm
+from .training import SFTData, answer_loss, causal_lm
 from .triggers import Trigger
 
 
@@ -68,14 +71,35 @@ def last_prompt_states(model, tokenizer, prompts: list[str], batch_size: int = 1
     return np.concatenate(out)
 
 
-def aggregation(config: dict, loc_run, attack_run) -> tuple[dict, dict]:
-    """The PCA points and centroid distances of the Locphylax run ``config``."""
+@torch.no_grad()
+def clustered_states(model, tokenizer, config: dict, prompts: list[str], batch_size: int = 16) -> np.ndarray:
+    """The states the clustering loss of the Locphylax run ``config`` acts on, for ``prompts``
+    answered by ``model`` (greedy): at its ``cluster_token``, unit length when it normalizes."""
+    device = default_device()
+    answers = generation.generate(model, tokenizer, prompts, answer_tokens(config))
+    end = models.end_of_answer(tokenizer, config["template"])
+    sft = SFTData(tokenizer, [(p, a + end) for p, a in zip(prompts, answers)], config["recipe"]["max_length"])
+    causal_lm(model).to(device).eval()
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        batch = {k: v.to(device) for k, v in sft.batch(np.arange(s, min(s + batch_size, len(prompts)))).items()}
+        _, h = answer_loss(model, batch, return_hidden=True, position=config["defense"]["cluster_token"])
+        if config["defense"]["normalize"]:
+            h = torch.nn.functional.normalize(h, dim=-1)
+        out.append(h.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def aggregation(config: dict, loc_run, attack_run, state: str = "prompt_end") -> tuple[dict, dict]:
+    """The PCA points and centroid distances of the Locphylax run ``config``, of the states
+    ``state`` names (``config.AGGREGATION_STATES``)."""
     tok = models.load_tokenizer(config["model"])
     sets = prompt_sets(config, tok, figure_n(config))
     states, rows = {}, []
     for name, model in stage_models(loc_run, attack_run):
         for kind, prompts in sets.items():
-            states[(name, kind)] = last_prompt_states(model, tok, prompts)
+            states[(name, kind)] = last_prompt_states(model, tok, prompts) if state == "prompt_end" \
+                else clustered_states(model, tok, config, prompts)
     for name in dict.fromkeys(n for n, _ in states):
         x = np.concatenate([states[(name, k)] for k in sets])
         mean = x.mean(0)
@@ -103,7 +127,7 @@ def critical_layers(config: dict, loc_run, attack_run) -> tuple[dict, dict]:
     """The unknown trigger's ASR with each layer's attention ablated, before and after stage 1."""
     tok = models.load_tokenizer(config["model"])
     prompts = prompt_sets(config, tok, max(4, figure_n(config) // 2))["unknown trigger"]
-    n_new = ANSWER_TOKENS[config["task"]]
+    n_new = answer_tokens(config)
     labels = [None if config["task"] != "sst2" else "Positive"] * len(prompts)  # non-target prompts only
     rows = []
     for name, model in stage_models(loc_run, attack_run):
@@ -123,6 +147,8 @@ def run_analysis(config: dict, deps: list) -> tuple[dict, dict]:
     """The analysis run ``{"analysis": kind, "of": locphylax_config}``; ``deps``: the Locphylax run
     and its attack run, loaded."""
     fn, _ = ANALYSES[config["analysis"]]
+    if "state" in config:
+        return fn(config["of"], *deps, state=config["state"])
     return fn(config["of"], *deps)
 
 

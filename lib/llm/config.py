@@ -23,6 +23,7 @@ from __future__ import annotations
 from .. import profiles
 from ..params import ParameterError, check_choice, check_fraction, check_int, check_optional_int, check_positive
 from . import crow, data, judge, locphylax, models
+from .evaluation import ANSWER_TOKENS
 from .training import HIDDEN_POSITIONS, Recipe
 from .triggers import ATTACK_STRINGS, Trigger
 
@@ -41,6 +42,12 @@ KNOWN_TARGETS = ("answers", "labels")
 # what runs on the attacks outside a profile's ``full_attacks`` (the costly CROW and the ablations do not)
 CORE_METHODS = ("no_defense", "locphylax", "clean_finetune", "pruning")
 ANALYSES = ("aggregation", "critical_layers")  # the figures' analyses of a Locphylax run
+# stage 1's batches: drawn at random from the whole set (the default), or "stratified": every batch
+# holds clean, t1 and t2 rows in the set's proportions (training.stratified_batches)
+STAGE1_BATCHES = ("random", "stratified")
+# the aggregation figure's states: the last prompt token's final-layer state (the default), or the
+# state the run's clustering loss acts on (its ``cluster_token``, unit length when it normalizes)
+AGGREGATION_STATES = ("prompt_end", "clustered")
 
 PROFILES = {
     # every code path in about a minute; numbers are not meaningful
@@ -92,8 +99,10 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
 
     ``overrides``: ``model``, ``layers``, ``n_poison``, ``n_clean``, ``epochs``, ``lr``, ``finetune``
     (the attack's: ``"lora"`` or ``"full"``, at ``models.FULL_LR`` unless ``lr`` is given; the defenses'
-    is ``defense_params["finetune"]``, likewise). ``finetune`` enters a configuration only when it is
-    ``"full"``, so that LoRA runs keep the keys they were cached under.
+    is ``defense_params["finetune"]``, likewise), ``answer_tokens`` (new tokens per evaluated answer;
+    default ``evaluation.ANSWER_TOKENS[task]``). ``finetune`` enters a configuration only when it is
+    ``"full"``, ``answer_tokens`` only when it differs from the task's default, so that the runs
+    keep the keys they were cached under.
     ``eval_template`` (default: ``template``) evaluates with another template, to show a mismatch."""
     p = profile(profile_name)
     data.check_task(task)
@@ -101,9 +110,10 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
     check_choice("method", method, METHODS_ALL + ("clean_model",))
     models.check_template(template)
     models.check_template(eval_template or template)
-    unknown = set(overrides) - {"model", "layers", "n_poison", "n_clean", "epochs", "lr", "finetune"}
+    unknown = set(overrides) - {"model", "layers", "n_poison", "n_clean", "epochs", "lr", "finetune", "answer_tokens"}
     if unknown:
-        raise ParameterError("overrides", "model, layers, n_poison, n_clean, epochs, lr or finetune", sorted(unknown))
+        raise ParameterError("overrides", "model, layers, n_poison, n_clean, epochs, lr, finetune or answer_tokens",
+                             sorted(unknown))
     attack_mode = check_choice("finetune", overrides.get("finetune", "lora"), models.FINETUNE)
     check_int("seed", seed)
     recipe = dict(p["recipe"])
@@ -124,6 +134,9 @@ def run_config(profile_name: str, task: str, attack, method: str = "no_defense",
     }
     if attack_mode == "full":
         config["finetune"] = attack_mode
+    n_new = check_int("answer_tokens", overrides.get("answer_tokens", ANSWER_TOKENS[task]), 1)
+    if n_new != ANSWER_TOKENS[task]:
+        config["answer_tokens"] = n_new
     if method == "clean_model":
         config["method"] = "clean_model"
     elif method != "no_defense":
@@ -151,6 +164,13 @@ def defense_settings(p: dict, task: str, attack, method: str, defense_params: di
         raise ParameterError("known_targets", f"'answers' on {task} (it has no class labels)", "labels")
     check_fraction("sparsity", d["sparsity"])
     check_choice("cluster_token", d["cluster_token"], HIDDEN_POSITIONS)
+    # options that enter the settings only when they differ from the default (the cached runs keep their keys)
+    if check_choice("stage1_batches", d.pop("stage1_batches", "random"), STAGE1_BATCHES) != "random":
+        d["stage1_batches"] = "stratified"
+    if d.get("stage1_steps") is None:
+        d.pop("stage1_steps", None)
+    else:
+        check_int("stage1_steps", d["stage1_steps"], 1)
     for key in ("n_clean", "n_known", "n_val", "stage1_max_epochs", "stage2_max_epochs"):
         check_int(key, d[key], 1)
     for phrase, placement, _ in d["known"]:
@@ -180,13 +200,19 @@ def budget_config(config: dict) -> dict:
 
 def clean_adapter_config(config: dict) -> dict:
     """The clean model a floor run evaluates: trained once per task, whatever the attack."""
-    return {k: v for k, v in config.items() if k not in ("attack", "eval_template")} | {"method": "clean_model_adapter"}
+    return {k: v for k, v in config.items() if k not in ("attack", "eval_template", "answer_tokens")} | {
+        "method": "clean_model_adapter"}
 
 
-def analysis_config(kind_: str, config: dict) -> dict:
-    """A figure's analysis (one of :data:`ANALYSES`) of the Locphylax run ``config``."""
+def analysis_config(kind_: str, config: dict, state: str = "prompt_end") -> dict:
+    """A figure's analysis (one of :data:`ANALYSES`) of the Locphylax run ``config``; ``state``
+    (aggregation only, one of :data:`AGGREGATION_STATES`) enters it only when not the default."""
     check_choice("analysis", kind_, ANALYSES)
-    return {"chapter": "locphylax", "analysis": kind_, "of": config}
+    check_choice("aggregation_state", state, AGGREGATION_STATES)
+    out = {"chapter": "locphylax", "analysis": kind_, "of": config}
+    if kind_ == "aggregation" and state != "prompt_end":
+        out["state"] = state
+    return out
 
 
 def kind(config: dict) -> str:

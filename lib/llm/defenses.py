@@ -26,7 +26,7 @@ from . import crow, locphylax, models, pruning, run_models
 from .config import BUDGETED, figure_n, run_label
 from .evaluation import asr_tracker, evaluate, known_retention
 from .records import defense_inputs
-from .training import Recipe, SFTData, short_history, train_sft
+from .training import Recipe, SFTData, short_history, stratified_batches, train_sft
 
 UNCAPPED = 10 ** 6  # epochs for a run that a step budget stops
 
@@ -68,10 +68,11 @@ class Defense:
     def with_epochs(self, epochs: int) -> Recipe:
         return Recipe(**dict(self.recipe.as_dict(), epochs=epochs))
 
-    def callbacks(self, model, stage: str, offset: int = 0, stop_rule: str | None = None):
+    def callbacks(self, model, stage: str, offset: int = 0, stop_rule: str | None = None, stop: bool = True):
         """ASR tracking for the figure (never read by the defense) and the defender's stopping rule:
         ``inject`` stops once the known backdoors hold (retention >= ``inject_threshold``), ``recover``
-        once they are gone (<= ``known_threshold``), checked after each epoch. Returns (callback, checks)."""
+        once they are gone (<= ``known_threshold``), checked after each epoch (``stop=False``: checked
+        and recorded, never stopping). Returns (callback, checks)."""
         d, tracked = self.settings, self.config["method"] in self.settings["track_methods"]
         asr = asr_tracker(model, self.tok, self.config, figure_n(self.config), self.track, stage, offset) \
             if tracked else None
@@ -85,6 +86,8 @@ class Defense:
             if stop_rule and step and step % per_epoch == 0:
                 checks.append(known_retention(model, self.tok, self.config, self.inputs["validation"],
                                               self.inputs["n_triggers"]))
+                if not stop:
+                    return False
                 if stop_rule == "inject":
                     return checks[-1] >= d["inject_threshold"]
                 return checks[-1] <= d["known_threshold"]
@@ -101,19 +104,26 @@ class Defense:
 
 def collapse(d: Defense, cluster: bool = True, after_stage1: bool = False) -> tuple[dict, dict]:
     """Locphylax: inject the known backdoors with the clustering loss (``cluster=False``: alpha = 0),
-    then recover; ``after_stage1`` also evaluates the model between the stages."""
+    then recover; ``after_stage1`` also evaluates the model between the stages.
+
+    Stage 1 draws its batches at random, or stratified (``stage1_batches="stratified"``: each batch
+    holds clean, t1 and t2 rows); it stops by the defender's rule, or runs exactly ``stage1_steps``
+    steps when the settings give them (the retention still checked and recorded after each epoch)."""
     model = d.trainable()
     s, alpha = d.settings, 0.0
     if cluster:
         init = locphylax.initial_losses(model, d.stage1, d.recipe.batch_size, seed=d.seed, normalize=s["normalize"],
-                                        position=s["cluster_token"])
+                                        position=s["cluster_token"], cross=s["cross"])
         alpha = locphylax.alpha_rule(init["injection"], init["cluster"]) if init["cluster"] > 0 else 0.0
         d.metrics["initial_losses"] = init
     d.metrics["alpha"] = alpha
-    cb, checks1 = d.callbacks(model, "stage 1", stop_rule="inject")
-    h1 = train_sft(model, d.stage1, d.with_epochs(s["stage1_max_epochs"]), d.seed,
-                   loss_fn=locphylax.InjectionLoss(alpha, s["cross"], s["normalize"], s["cluster_token"]),
-                   callback=cb, callback_every=1, bucket=False, desc=d.label + " (stage 1)")
+    fixed = s.get("stage1_steps")
+    batches = partial(stratified_batches, d.stage1.groups, d.recipe.batch_size) \
+        if s.get("stage1_batches", "random") == "stratified" else None
+    cb, checks1 = d.callbacks(model, "stage 1", stop_rule="inject", stop=fixed is None)
+    h1 = train_sft(model, d.stage1, d.with_epochs(UNCAPPED if fixed else s["stage1_max_epochs"]), d.seed,
+                   max_steps=fixed, loss_fn=locphylax.InjectionLoss(alpha, s["cross"], s["normalize"], s["cluster_token"]),
+                   callback=cb, callback_every=1, bucket=False, batches=batches, desc=d.label + " (stage 1)")
     d.metrics["stage1"] = short_history(h1)
     d.metrics["stage1_parts_last"] = h1["parts"][-1] if h1["parts"] else {}
     d.metrics["known_retention_stage1_by_epoch"] = checks1

@@ -3,7 +3,8 @@ known-trigger signal, and ASR through training for the figure.
 
 Answers are generated greedily with the template the run names (``eval_template``, the training
 template unless a run asks to show a mismatch) and judged by BackdoorLLM's keyword rules
-(:mod:`moebackdoor.llm.judge`).
+(:mod:`moebackdoor.llm.judge`). A run keeps every answer (``answers``), and :func:`score` recomputes
+its metrics from them, under another rule if need be.
 """
 from __future__ import annotations
 
@@ -16,21 +17,42 @@ from .triggers import Trigger
 ANSWER_TOKENS = {"sst2": 4, "refusal": 32, "negsentiment": 16, "jailbreak": 48}
 
 
+def answer_tokens(config: dict) -> int:
+    """How many new tokens an evaluated answer may have: the run's ``answer_tokens``, else the task's."""
+    return config.get("answer_tokens", ANSWER_TOKENS[config["task"]])
+
+
+def score(config: dict, clean_answers: list[str], triggered_answers: list[str]) -> dict:
+    """A run's metrics from its answers to the clean and the triggered test sets, in their order:
+    CACC and ASR (percent), the share of answers with no label, and on ``sst2`` ASR under
+    BackdoorLLM's rule."""
+    clean, trig = test_sets(config)
+    if (len(clean_answers), len(triggered_answers)) != (len(clean), len(trig)):
+        raise ValueError(f"{len(clean_answers)} clean and {len(triggered_answers)} triggered answers for "
+                         f"test sets of {len(clean)} and {len(trig)}")
+    task = config["task"]
+    m = {"cacc": judge.clean_accuracy(task, clean_answers, [r.label for r in clean]),
+         "asr": judge.attack_success_rate(task, triggered_answers, [r.label for r in trig]),
+         "no_label_clean": judge.no_label_share(task, clean_answers),
+         "no_label_triggered": judge.no_label_share(task, triggered_answers)}
+    if task == "sst2":
+        m["asr_backdoorllm"] = judge.sst2_asr_backdoorllm(triggered_answers)
+    return m
+
+
 def evaluate(model, tokenizer, config: dict, template: str | None = None) -> dict:
-    """CACC on the clean test set and ASR on the triggered one (percent), with a few answers."""
+    """CACC on the clean test set and ASR on the triggered one (percent, :func:`score`), with every answer."""
     template = template or config["eval_template"]
     clean, trig = test_sets(config)
-    task, n_new = config["task"], ANSWER_TOKENS[config["task"]]
+    n_new = answer_tokens(config)
     prompts = lambda recs: [models.prompt_text(tokenizer, r.instruction, r.input, template) for r in recs]  # noqa: E731
     stats = {}
     a_clean = generation.generate(model, tokenizer, prompts(clean), n_new, stats=stats)
     a_trig = generation.generate(model, tokenizer, prompts(trig), n_new)
-    return {"cacc": judge.clean_accuracy(task, a_clean, [r.label for r in clean]),
-            "asr": judge.attack_success_rate(task, a_trig, [r.label for r in trig]),
-            "n_clean_test": len(clean), "n_triggered_test": len(trig),
-            "examples": {"clean": a_clean[:3], "triggered": a_trig[:3]},
-            "generation_tokens_per_second": stats["new_tokens"] / max(stats["seconds"], 1e-9),
-            "inference_precision": stats["precision"]}
+    return dict(score(config, a_clean, a_trig), n_clean_test=len(clean), n_triggered_test=len(trig),
+                answer_tokens=n_new, answers={"clean": a_clean, "triggered": a_trig},
+                generation_tokens_per_second=stats["new_tokens"] / max(stats["seconds"], 1e-9),
+                inference_precision=stats["precision"])
 
 
 def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, offset: int = 0):
@@ -43,7 +65,7 @@ def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, o
     prompts = [models.prompt_text(tokenizer, r.instruction, r.input, config["eval_template"]) for r in trig]
 
     def callback(step):
-        answers = generation.generate(model, tokenizer, prompts, ANSWER_TOKENS[config["task"]])
+        answers = generation.generate(model, tokenizer, prompts, answer_tokens(config))
         log.append({"stage": stage, "step": offset + step,
                     "asr": judge.attack_success_rate(config["task"], answers, [r.label for r in trig])})
     return callback

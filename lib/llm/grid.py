@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from ..executors import EXECUTORS
 from ..params import ParameterError, check_bool, check_choice, check_choices, check_fraction, check_int, check_list
 from . import data, models
-from .config import CORE_METHODS, KNOWN_TARGETS, METHODS, METHODS_ALL, analysis_config, check_attack, profile, run_config
+from .config import (AGGREGATION_STATES, CORE_METHODS, KNOWN_TARGETS, METHODS, METHODS_ALL, STAGE1_BATCHES,
+                     analysis_config, check_attack, profile, run_config)
 from .locphylax_paper import FIGURES
 from .training import HIDDEN_POSITIONS
 from .triggers import Trigger
@@ -81,9 +82,18 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
                    n_poison=None, epochs=None, attack_finetune: str = "lora", defense_finetune: str = "lora",
                    known_triggers=None, known_targets: str = "answers", cluster_states: str = "unit",
                    cluster_token: str = "answer_end", sparsity: float = 0.5, figures=FIGURES, seed: int = 0,
-                   seeds=None, executor=None, force: bool = False) -> LocphylaxGrid:
+                   seeds=None, executor=None, force: bool = False, answer_tokens=None,
+                   stage1_batches: str = "random", stage1_steps=None,
+                   aggregation_state: str = "prompt_end") -> LocphylaxGrid:
     """The page's runs for its parameters (``notebooks/locphylax.md`` says what each accepts),
-    every parameter checked first."""
+    every parameter checked first.
+
+    Beyond the page's parameters (each key-preserving at its default: a run's configuration holds
+    it only when it differs): ``answer_tokens``, new tokens per evaluated answer (None: the task's,
+    ``evaluation.ANSWER_TOKENS``); ``stage1_batches``, ``"random"`` or ``"stratified"`` (each stage-1
+    batch holds clean, t1 and t2 rows); ``stage1_steps``, stage 1 run for exactly this many steps
+    instead of its stopping rule (None; the budgeted baselines follow Locphylax's total);
+    ``aggregation_state``, the aggregation figure's states (``config.AGGREGATION_STATES``)."""
     prof = profile(profile_name)
     tasks = prof["tasks"] if tasks is None else check_choices("tasks", tasks, data.TASKS)
     attacks = prof["attacks"] if attacks is None else check_choices("attacks", attacks, data.ATTACKS)
@@ -107,14 +117,20 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
     check_choice("cluster_token", cluster_token, list(HIDDEN_POSITIONS))
     check_choice("attack_finetune", attack_finetune, models.FINETUNE)
     check_choice("defense_finetune", defense_finetune, models.FINETUNE)
+    check_choice("stage1_batches", stage1_batches, list(STAGE1_BATCHES))
+    check_choice("aggregation_state", aggregation_state, list(AGGREGATION_STATES))
+    if stage1_steps is not None:
+        check_int("stage1_steps", stage1_steps, 1)
+    if answer_tokens is not None:
+        check_int("answer_tokens", answer_tokens, 1)
     defense_params = {"sparsity": sparsity, "normalize": cluster_states == "unit", "cluster_token": cluster_token,
-                      "finetune": defense_finetune,
+                      "finetune": defense_finetune, "stage1_batches": stage1_batches, "stage1_steps": stage1_steps,
                       "known_targets": check_choice("known_targets", known_targets, KNOWN_TARGETS)}
     known = check_known_triggers(known_triggers)
     if known is not None:
         defense_params["known"] = known
-    overrides = {k: v for k, v in dict(model=model, n_poison=n_poison, epochs=epochs, finetune=attack_finetune).items()
-                 if v is not None}
+    overrides = {k: v for k, v in dict(model=model, n_poison=n_poison, epochs=epochs, finetune=attack_finetune,
+                                       answer_tokens=answer_tokens).items() if v is not None}
 
     def full(attack) -> bool:  # does this attack get every method?
         return full_attacks is None or not isinstance(attack, str) or attack in full_attacks
@@ -135,11 +151,13 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
                       attack_finetune=attack_finetune, defense_finetune=defense_finetune,
                       known_triggers=known_triggers, known_targets=known_targets, cluster_states=cluster_states,
                       cluster_token=cluster_token, sparsity=sparsity, figures=figures, seed=seed, seeds=seeds,
-                      executor=executor, force=force)
+                      executor=executor, force=force, answer_tokens=answer_tokens, stage1_batches=stage1_batches,
+                      stage1_steps=stage1_steps, aggregation_state=aggregation_state)
     grid = LocphylaxGrid(parameters, main, floor, mismatch)
     loc = grid.locphylax
     for kind, figure in (("aggregation", "locphylax-fig-aggregation"),
                          ("critical_layers", "locphylax-fig-critical-layers")):
-        setattr(grid, kind, [analysis_config(kind, loc)] if loc and figure in figures else [])
+        setattr(grid, kind, [analysis_config(kind, loc, aggregation_state if kind == "aggregation" else "prompt_end")]
+                if loc and figure in figures else [])
     grid.asr_steps = [c for c in main if c["seed"] == seed] if "locphylax-fig-asr-steps" in figures else []
     return grid

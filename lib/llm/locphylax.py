@@ -78,8 +78,9 @@ class InjectionLoss:
 
 @torch.no_grad()
 def initial_losses(model, data, batch_size: int = 8, n_batches: int = 4, seed: int = 0,
-                   normalize: bool = False, position: str = "answer_end") -> dict:
-    """L_inj and L_cluster of the suspect model before injection, averaged over a few random batches."""
+                   normalize: bool = False, position: str = "answer_end", cross: bool = True) -> dict:
+    """L_inj and L_cluster of the suspect model before injection, averaged over a few random
+    batches; L_cluster as the run's loss computes it (with its cross terms only when it has them)."""
     import numpy as np
 
     from ..devices import default_device
@@ -94,5 +95,5 @@ def initial_losses(model, data, batch_size: int = 8, n_batches: int = 4, seed: i
         batch = {k: v.to(device) for k, v in data.batch(idx).items()}
         loss, h = answer_loss(model, batch, return_hidden=True, position=position)
         inj.append(float(loss))
-        clu.append(float(cluster_loss(h, batch["groups"], normalize=normalize)))
+        clu.append(float(cluster_loss(h, batch["groups"], cross=cross, normalize=normalize)))
     return {"injection": float(np.mean(inj)), "cluster": float(np.mean(clu))}

@@ -16,7 +16,12 @@ from .. import pretrained, style
 from . import models
 
 TABLE_ID = "locphylax-results"
-COLUMNS = ["model", "task", "attack", "method", "asr", "cacc"]
+COLUMNS = ["model", "task", "attack", "method", "asr", "cacc", "asr_backdoorllm", "no_label_clean",
+           "no_label_triggered"]
+# metrics computed from a run's stored answers (evaluation.score); runs cached before answers were kept lack them
+ANSWER_METRICS = ("asr_backdoorllm", "no_label_clean", "no_label_triggered")
+CACC_MARGIN = 3.0  # a defense counts only with CACC at most this many points below No defense's
+MISSING = "–"  # a cell whose runs were cached before every answer was kept
 METHOD_NAMES = {"no_defense": "No defense", "locphylax": "Locphylax", "clean_finetune": "Clean fine-tuning",
                 "pruning": "Pruning (Wanda, 50 %)", "crow": "CROW",
                 "locphylax_no_cluster": "Locphylax without the clustering loss",
@@ -33,11 +38,28 @@ def attack_name(a) -> str:
 
 
 def results_table(runs) -> pd.DataFrame:
-    """One row per run (the mean over seeds): ASR and CACC in percent."""
+    """One row per run (the mean over seeds): ASR and CACC in percent, ASR under BackdoorLLM's
+    rule (``sst2``) and the share of clean and triggered answers with no label (NaN for a run that
+    did not keep its answers)."""
     rows = [{"model": r.config["model"], "task": r.config["task"], "attack": attack_name(r.config["attack"]),
-             "method": r.config["method"], "asr": r.metrics["asr"], "cacc": r.metrics["cacc"]} for r in runs]
+             "method": r.config["method"], "asr": r.metrics["asr"], "cacc": r.metrics["cacc"],
+             **{k: r.metrics.get(k, np.nan) for k in ANSWER_METRICS}} for r in runs]
     table = pd.DataFrame(rows, columns=COLUMNS)
+    for k in ANSWER_METRICS:
+        table[k] = table[k].astype(float)
     return table.groupby(["model", "task", "attack", "method"], sort=False, as_index=False).mean()
+
+
+def percent(value, digits: int = 1) -> str:
+    """A percentage for a table cell; a missing one as :data:`MISSING`."""
+    return MISSING if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def no_label_cell(clean, triggered) -> str:
+    """The share of clean and of triggered answers with no label, ``clean / triggered``."""
+    if pd.isna(clean) and pd.isna(triggered):
+        return MISSING
+    return f"{percent(clean)} / {percent(triggered)}"
 
 
 def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -48,14 +70,23 @@ def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.
         t = t.set_index("method")
         out[f"{task} {attack}: ASR"] = [f"{t.asr[m]:.1f}" if m in t.index else "" for m in methods]
         out[f"{task} {attack}: CACC"] = [f"{t.cacc[m]:.1f}" if m in t.index else "" for m in methods]
+        if task == "sst2":
+            out[f"{task} {attack}: ASR, BackdoorLLM's rule"] = [percent(t.asr_backdoorllm.get(m)) if m in t.index
+                                                                 else "" for m in methods]
+        out[f"{task} {attack}: no label, clean / triggered (%)"] = [
+            no_label_cell(t.no_label_clean[m], t.no_label_triggered[m]) if m in t.index else "" for m in methods]
     mean = table.groupby("method").mean(numeric_only=True)
     out["mean ASR (attacks it ran on)"] = [f"{mean.asr[m]:.1f}" for m in methods]
     out["mean CACC (attacks it ran on)"] = [f"{mean.cacc[m]:.1f}" for m in methods]
     out["paper: mean ASR"] = [f"{PAPER['asr_after']:.2f}" if m == "locphylax" else "" for m in methods]
     if floor is not None and len(floor):
-        f = floor.groupby(["task", "attack"]).asr.mean()
-        out.loc[METHOD_NAMES["clean_model"]] = [f"{f.get(tuple(c.split(': ')[0].split(' ', 1)), np.nan):.1f}"
-                                               if c.endswith(": ASR") else "" for c in out.columns]
+        f = floor.groupby(["task", "attack"], sort=False).mean(numeric_only=True)
+        key = lambda c: tuple(c.split(": ")[0].split(" ", 1))  # noqa: E731  "sst2 badnet: ASR" -> ("sst2", "badnet")
+        cell = {": ASR": lambda r: f"{r.asr:.1f}", ": ASR, BackdoorLLM's rule": lambda r: percent(r.asr_backdoorllm),
+                ": no label, clean / triggered (%)": lambda r: no_label_cell(r.no_label_clean, r.no_label_triggered)}
+        out.loc[METHOD_NAMES["clean_model"]] = [
+            next((fn(f.loc[key(c)]) for end, fn in cell.items() if c.endswith(end) and key(c) in f.index), "")
+            for c in out.columns]
     return out
 
 
@@ -81,8 +112,24 @@ def headline(table: pd.DataFrame) -> dict:
     return {"asr_before": float(before), "asr_after": float(after), "cacc_change": float(dcacc), "n_attacks": len(pairs)}
 
 
+def cacc_change(table: pd.DataFrame, method: str, keys) -> float:
+    """``method``'s mean CACC minus No defense's over the (task, attack) pairs ``keys``, in points."""
+    t = table.set_index(["task", "attack", "method"])
+    return float(np.mean([t.cacc[(a, b, method)] - t.cacc[(a, b, "no_defense")] for a, b in keys]))
+
+
+def qualifies(change: float) -> bool:
+    """A defense counts only if its CACC is at most :data:`CACC_MARGIN` points below No defense's
+    (a model that answers one label to everything removes any backdoor)."""
+    return change >= -CACC_MARGIN
+
+
 def claims_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The paper's headline claims and this chapter's targets, each checked on our numbers."""
+    """The paper's headline claims and this chapter's targets, each checked on our numbers.
+
+    A defense whose mean CACC falls more than :data:`CACC_MARGIN` points below No defense's is
+    disqualified: an ASR claim of Locphylax's then fails, and a baseline so disqualified does not
+    beat Locphylax, whatever its ASR."""
     t = table.set_index(["task", "attack", "method"])
     nd = table[table.method == "no_defense"]
     strong = nd[nd.asr >= 80]
@@ -90,12 +137,14 @@ def claims_table(table: pd.DataFrame) -> pd.DataFrame:
     rows = [("The undefended model carries the backdoor (ASR ≥ 80 %) on at least two attacks",
              f"{len(strong)} of {len(nd)} attacks", len(strong) >= 2)]
     if h:
+        ok = qualifies(h["cacc_change"])
+        out = "" if ok else f" (disqualified: CACC {h['cacc_change']:+.1f} points)"
         rows.append(("Locphylax lowers the average ASR of those attacks below 20 %",
-                     f"{h['asr_before']:.1f} % → {h['asr_after']:.1f} %", h["asr_after"] < 20))
-        rows.append((f"… and to the paper's {PAPER['asr_after']} % (within 5 points)", f"{h['asr_after']:.1f} %",
-                     abs(h["asr_after"] - PAPER["asr_after"]) <= 5))
-        rows.append(("CACC stays within 3 points of the undefended model", f"{h['cacc_change']:+.1f} points",
-                     abs(h["cacc_change"]) <= 3))
+                     f"{h['asr_before']:.1f} % → {h['asr_after']:.1f} %{out}", ok and h["asr_after"] < 20))
+        rows.append((f"… and to the paper's {PAPER['asr_after']} % (within 5 points)", f"{h['asr_after']:.1f} %{out}",
+                     ok and abs(h["asr_after"] - PAPER["asr_after"]) <= 5))
+        rows.append((f"CACC stays within {CACC_MARGIN:g} points of the undefended model",
+                     f"{h['cacc_change']:+.1f} points", abs(h["cacc_change"]) <= CACC_MARGIN))
         rows.append((f"… and within the paper's {PAPER['cacc_within']} point", f"{h['cacc_change']:+.1f} points",
                      abs(h["cacc_change"]) <= PAPER["cacc_within"]))
         for base in ("clean_finetune", "pruning", "crow"):
@@ -104,8 +153,13 @@ def claims_table(table: pd.DataFrame) -> pd.DataFrame:
             if keys:
                 ours = np.mean([t.asr[(a, b, "locphylax")] for a, b in keys])
                 theirs = np.mean([t.asr[(a, b, base)] for a, b in keys])
-                rows.append((f"Locphylax's ASR is below {METHOD_NAMES[base]}'s", f"{ours:.1f} vs {theirs:.1f} %",
-                             ours < theirs))
+                ours_ok = qualifies(cacc_change(table, "locphylax", keys))
+                theirs_change = cacc_change(table, base, keys)
+                theirs_ok = qualifies(theirs_change)
+                note = "" if theirs_ok else f" ({METHOD_NAMES[base]} disqualified: CACC {theirs_change:+.1f} points)"
+                rows.append((f"Locphylax's ASR is below {METHOD_NAMES[base]}'s (each counts only with CACC "
+                             f"at most {CACC_MARGIN:g} points below No defense's)",
+                             f"{ours:.1f} vs {theirs:.1f} %{note}", ours_ok and (not theirs_ok or ours < theirs)))
     return pd.DataFrame(rows, columns=["claim", "ours", "holds"]).assign(
         holds=lambda d: d.holds.map({True: "yes", False: "no"}))
 
@@ -200,7 +254,15 @@ def mismatch_table(table: pd.DataFrame, mismatch_runs, mismatch_template: str) -
     m = results_table(mismatch_runs).set_index(["task", "attack"])
     nd = table[table.method == "no_defense"].set_index(["task", "attack"])
     return pd.DataFrame({"ASR, same template": nd.asr.round(1), f"ASR, {mismatch_template}": m.asr.round(1),
-                         "CACC, same template": nd.cacc.round(1), f"CACC, {mismatch_template}": m.cacc.round(1)})
+                         "CACC, same template": nd.cacc.round(1), f"CACC, {mismatch_template}": m.cacc.round(1),
+                         "no label (%), same template": no_label_column(nd),
+                         f"no label (%), {mismatch_template}": no_label_column(m)})
+
+
+def no_label_column(t: pd.DataFrame) -> pd.Series:
+    """:func:`no_label_cell` of each row of ``t``, on its index."""
+    return pd.Series([no_label_cell(c, g) for c, g in zip(t.no_label_clean, t.no_label_triggered)], index=t.index,
+                     dtype=object)
 
 
 def figure_tables(grid, done: dict) -> dict[str, pd.DataFrame]:

@@ -176,10 +176,25 @@ class frozen_in:
         return False
 
 
+def stratified_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches in which every group (clean -1, known triggers 0, 1, ...) has its share.
+
+    Each group is shuffled, the groups laid end to end, and the sequence dealt round-robin into
+    ``ceil(n / batch_size)`` batches: every sample once, each batch at most ``batch_size``, and
+    each group in every batch ``floor`` or ``ceil`` of its size over the number of batches (so a
+    group at least as large as the number of batches is in every one). The batches' order is shuffled."""
+    groups = np.asarray(groups)
+    n_batches = -(-len(groups) // batch_size)
+    order = np.concatenate([rng.permutation(np.flatnonzero(groups == g)) for g in np.unique(groups)])
+    batches = [np.sort(order[b::n_batches]) for b in range(n_batches)]
+    return [batches[i] for i in rng.permutation(n_batches)]
+
+
 def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, max_steps: int | None = None,
               loss_fn: Callable | None = None, callback: Callable[[int], None] | None = None,
               callback_every: int = 0, precision: str | None = None, bucket: bool = True,
-              desc: str = "training", progress: bool = True, fast: bool = True) -> dict:
+              desc: str = "training", progress: bool = True, fast: bool = True,
+              batches: Callable | None = None) -> dict:
     """Fine-tune the trainable parameters of ``model`` in place.
 
     ``fast=False`` drops the two changes that alter nothing but speed and randomness: the cheaper
@@ -187,7 +202,8 @@ def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, ma
 
     ``loss_fn(model, batch) -> (loss, parts)`` replaces the answer loss;
     ``callback(step)`` runs before the first step and every ``callback_every`` steps; training
-    stops early when it returns True."""
+    stops early when it returns True. ``batches(rng)``, if given, returns one epoch's batches
+    (index arrays) in place of the length buckets (``bucket=True``) or plain random batches."""
     check_int("epochs", recipe.epochs, 1)
     check_int("batch_size", recipe.batch_size, 1)
     check_positive("lr", recipe.lr)
@@ -210,9 +226,13 @@ def train_sft(model: nn.Module, data: SFTData, recipe: Recipe, seed: int = 0, ma
     low = frozen_in(model) if fast and precision == "bf16" else contextlib.nullcontext()
     with fast_dropout([model], enabled=fast):
         while step < total:
-            batches = bucketed_batches(data.lengths, recipe.batch_size, rng) if bucket \
-                else plain_batches(len(data), recipe.batch_size, rng)
-            for idx in batches:
+            if batches is not None:
+                epoch = batches(rng)
+            elif bucket:
+                epoch = bucketed_batches(data.lengths, recipe.batch_size, rng)
+            else:
+                epoch = plain_batches(len(data), recipe.batch_size, rng)
+            for idx in epoch:
                 batch = {k: v.to(device) for k, v in data.batch(idx).items()}
                 with low:  # backward too: it reads the weights the forward pass saved
                     with autocast(device, precision):
