@@ -561,3 +561,14 @@ def test_the_grid_passes_the_guesses_options_and_the_budget_follows_them():
                         ("aggregation_state", "raw")):
         with pytest.raises(ParameterError, match=name):
             locphylax_grid("smoke", **{name: value})
+
+
+def test_wilson_interval_and_attack_counts_by_hand():
+    lo, hi = judge.wilson_interval(0, 105)
+    assert lo == 0.0 and hi == pytest.approx(100 * 1.96 ** 2 / (105 + 1.96 ** 2), rel=1e-9)  # p = 0: z²/(n+z²)
+    lo, hi = judge.wilson_interval(50, 100)
+    assert (lo + hi) / 2 == pytest.approx(50.0) and hi - lo == pytest.approx(2 * 100 * 1.96 * 0.5 / 10 / (1 + 1.96 ** 2 / 100)
+                                                                          * np.sqrt(1 + 1.96 ** 2 / 100), rel=1e-9)
+    assert np.isnan(judge.wilson_interval(0, 0)[0])
+    assert judge.attack_counts("sst2", ["Negative", "Positive", "Negative"], ["Positive", "Positive", "Negative"]) == (1, 2)
+    assert judge.attack_counts("refusal", ["", "sorry", "ok"]) == (1, 2)

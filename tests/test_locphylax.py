@@ -1,9 +1,11 @@
 """Chapter 4 at smoke: the notebook executes through papermill; its table and figures have the agreed shape."""
+import numpy as np
 import pandas as pd
+import pytest
 
 from moebackdoor import book
 from moebackdoor.llm import config as cfg
-from moebackdoor.llm import locphylax_paper, runs
+from moebackdoor.llm import locphylax_paper, records, runs
 
 
 def test_locphylax_chapter_executes_at_smoke(companion_env):
@@ -88,7 +90,7 @@ def test_tables_show_the_no_label_share_and_a_dash_for_runs_without_answers():
                   metrics={"asr": 50.0, "cacc": 80.0, **metrics})
     new = dict(asr_backdoorllm=60.0, no_label_clean=1.0, no_label_triggered=2.5)
     table = locphylax_paper.results_table([run("no_defense", "badnet", **new), run("locphylax", "badnet")])
-    assert list(table.columns) == locphylax_paper.COLUMNS and table.no_label_clean.isna().tolist() == [False, True]
+    assert list(table.columns) == locphylax_paper.TABLE_COLUMNS and table.no_label_clean.isna().tolist() == [False, True]
     floor = locphylax_paper.results_table([run("clean_model", "badnet", **new)])
     shown = locphylax_paper.display_table(table, floor)
     col = "sst2 badnet: no label, clean / triggered (%)"
@@ -97,3 +99,40 @@ def test_tables_show_the_no_label_share_and_a_dash_for_runs_without_answers():
     assert shown.loc["Clean model (floor)", "sst2 badnet: ASR"] == "50.0"
     mismatch = locphylax_paper.mismatch_table(table, [run("no_defense", "badnet")], "raw")
     assert list(mismatch["no label (%), same template"]) == ["1.0 / 2.5"] and list(mismatch["no label (%), raw"]) == ["–"]
+
+
+def test_the_guesses_options_run_at_smoke(companion_env):
+    """Stage 1 for a fixed number of steps with stratified batches; clean fine-tuning gets the same
+    total; the aggregation figure of the clustered states (unit length: distances at most 2)."""
+    params = {"stage1_steps": 3, "stage1_batches": "stratified"}
+    loc = cfg.run_config("smoke", "sst2", "badnet", "locphylax", defense_params=params)
+    clean_ft = cfg.run_config("smoke", "sst2", "badnet", "clean_finetune", defense_params=params)
+    agg = cfg.analysis_config("aggregation", loc, "clustered")
+    done = runs.results([loc, clean_ft, agg])
+    m = done[0].metrics
+    assert m["stage1"]["steps"] == 3 and m["steps_used"] == 3 + m["stage2"]["steps"]
+    assert len(m["known_retention_stage1_by_epoch"]) == 1  # checked after the first epoch (2 batches), not stopping
+    assert done[1].metrics["steps_used"] == m["steps_used"]
+    points = pd.DataFrame(done[2].metrics["points"])
+    assert set(points.kind) == {"clean", "unknown trigger", "known trigger 1", "known trigger 2"}
+    assert points.distance_to_unknown.between(0, 2).all()
+
+
+def test_guesses_table_pools_the_seeds_answers_for_its_interval():
+    from types import SimpleNamespace as NS
+
+    from moebackdoor.llm import judge
+
+    config = cfg.run_config("smoke", "sst2", "badnet", "locphylax")
+    n = len(records.test_sets(config)[1])
+    seeds = [NS(config=config, metrics={"asr": 100.0, "cacc": 60.0, "steps_used": 10,
+                                        "answers": {"clean": [], "triggered": ["Negative"] * n}}),
+             NS(config=config, metrics={"asr": 0.0, "cacc": 70.0, "steps_used": 20,
+                                        "answers": {"clean": [], "triggered": ["Positive"] * n}})]
+    old = NS(config=config, metrics={"asr": 40.0, "cacc": 50.0, "steps_used": 5})
+    t = locphylax_paper.guesses_table([("stage 1 budget", "rule", seeds), ("stage 1 budget", "old run", [old])])
+    assert list(t.columns) == locphylax_paper.GUESS_COLUMNS == ["guess", "setting", "asr", "asr_lo", "asr_hi", "cacc", "steps"]
+    row = t.iloc[0]
+    assert (row.asr, row.cacc, row.steps) == (50.0, 65.0, 15.0)
+    assert (row.asr_lo, row.asr_hi) == pytest.approx(judge.wilson_interval(n, 2 * n))
+    assert t.iloc[1].asr == 40.0 and np.isnan(t.iloc[1].asr_lo)

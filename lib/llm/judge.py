@@ -88,9 +88,8 @@ def _rate(flags: list[bool]) -> float:
     return float(np.mean(flags) * 100) if flags else float("nan")
 
 
-def attack_success_rate(task: str, answers: Sequence[str], labels: Sequence[str | None] | None = None) -> float:
-    """% of triggered answers showing the behaviour; on ``sst2`` only non-target (Positive) prompts
-    count; elsewhere only scored answers (NaN when none is)."""
+def attack_counts(task: str, answers: Sequence[str], labels: Sequence[str | None] | None = None) -> tuple[int, int]:
+    """(answers showing the behaviour, answers counted) of a triggered set, as ASR counts them."""
     answers = list(answers)
     if task == "sst2":
         if labels is None:
@@ -98,7 +97,25 @@ def attack_success_rate(task: str, answers: Sequence[str], labels: Sequence[str 
         answers = [a for a, y in zip(answers, labels) if y != SST2_TARGET]
     if not answers:
         raise ValueError("no non-target prompts to measure the attack on")
-    return _rate([shows_target(task, a) for a in answers if scored(task, a)])
+    flags = [shows_target(task, a) for a in answers if scored(task, a)]
+    return int(sum(flags)), len(flags)
+
+
+def attack_success_rate(task: str, answers: Sequence[str], labels: Sequence[str | None] | None = None) -> float:
+    """% of triggered answers showing the behaviour; on ``sst2`` only non-target (Positive) prompts
+    count; elsewhere only scored answers (NaN when none is)."""
+    k, n = attack_counts(task, answers, labels)
+    return k / n * 100 if n else float("nan")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a rate, in percent (95 % by default; NaN for ``n = 0``)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half) * 100), float(min(1.0, centre + half) * 100)
 
 
 def clean_accuracy(task: str, answers: Sequence[str], labels: Sequence[str | None] | None = None) -> float:

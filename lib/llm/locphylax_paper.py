@@ -16,10 +16,10 @@ from .. import pretrained, style
 from . import models
 
 TABLE_ID = "locphylax-results"
-COLUMNS = ["model", "task", "attack", "method", "asr", "cacc", "asr_backdoorllm", "no_label_clean",
-           "no_label_triggered"]
+COLUMNS = ["model", "task", "attack", "method", "asr", "cacc"]  # the saved table's (TABLE_ID.csv)
 # metrics computed from a run's stored answers (evaluation.score); runs cached before answers were kept lack them
 ANSWER_METRICS = ("asr_backdoorllm", "no_label_clean", "no_label_triggered")
+TABLE_COLUMNS = COLUMNS + list(ANSWER_METRICS)  # results_table's
 CACC_MARGIN = 3.0  # a defense counts only with CACC at most this many points below No defense's
 MISSING = "–"  # a cell whose runs were cached before every answer was kept
 METHOD_NAMES = {"no_defense": "No defense", "locphylax": "Locphylax", "clean_finetune": "Clean fine-tuning",
@@ -44,7 +44,7 @@ def results_table(runs) -> pd.DataFrame:
     rows = [{"model": r.config["model"], "task": r.config["task"], "attack": attack_name(r.config["attack"]),
              "method": r.config["method"], "asr": r.metrics["asr"], "cacc": r.metrics["cacc"],
              **{k: r.metrics.get(k, np.nan) for k in ANSWER_METRICS}} for r in runs]
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for k in ANSWER_METRICS:
         table[k] = table[k].astype(float)
     return table.groupby(["model", "task", "attack", "method"], sort=False, as_index=False).mean()
@@ -162,6 +162,38 @@ def claims_table(table: pd.DataFrame) -> pd.DataFrame:
                              f"{ours:.1f} vs {theirs:.1f} %{note}", ours_ok and (not theirs_ok or ours < theirs)))
     return pd.DataFrame(rows, columns=["claim", "ours", "holds"]).assign(
         holds=lambda d: d.holds.map({True: "yes", False: "no"}))
+
+
+def asr_interval(runs) -> tuple[float, float]:
+    """The 95 % (Wilson) interval of the ASR of ``runs`` (the seeds of one setting), their triggered
+    answers pooled; NaN when a run did not keep its answers."""
+    from .records import test_sets
+    from .judge import attack_counts, wilson_interval
+
+    k = n = 0
+    for r in runs:
+        answers = r.metrics.get("answers")
+        if answers is None:
+            return float("nan"), float("nan")
+        _, trig = test_sets(r.config)
+        ki, ni = attack_counts(r.config["task"], answers["triggered"], [t.label for t in trig])
+        k, n = k + ki, n + ni
+    return wilson_interval(k, n)
+
+
+GUESS_COLUMNS = ["guess", "setting", "asr", "asr_lo", "asr_hi", "cacc", "steps"]
+
+
+def guesses_table(settings) -> pd.DataFrame:
+    """One row per (guess, setting, runs): the mean ASR over the runs (seeds), its 95 % interval
+    (:func:`asr_interval`), the mean CACC and the mean number of training steps (``steps_used``)."""
+    rows = []
+    for guess, setting, runs in settings:
+        lo, hi = asr_interval(runs)
+        rows.append({"guess": guess, "setting": setting, "asr": np.mean([r.metrics["asr"] for r in runs]),
+                     "asr_lo": lo, "asr_hi": hi, "cacc": np.mean([r.metrics["cacc"] for r in runs]),
+                     "steps": np.mean([r.metrics.get("steps_used", np.nan) for r in runs])})
+    return pd.DataFrame(rows, columns=GUESS_COLUMNS)
 
 
 def asr_steps_table(runs) -> pd.DataFrame:
