@@ -174,6 +174,10 @@ def test_a_model_name_that_cannot_load_fails_at_once_naming_the_parameter(monkey
     assert time.monotonic() - start < 5  # not the minutes a run would take before failing
     assert str(err.value).startswith("parameter `encoder`: expected an offline model (minilm-l6, mpnet-base)")
     assert npoe_grid("smoke", encoder="minilm-l6").table  # the offline names and local folders pass
+    from moebackdoor.llm.grid import locphylax_grid
+
+    with pytest.raises(ParameterError, match=r"^parameter `model`: expected an offline model \(smollm2-135m-instruct\)"):
+        locphylax_grid("smoke", model="nosuchmodel")
     assert pretrained.check_model_name("encoder", str(tmp_path)) == str(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not pretrained._on_hub("sentence-transformers/all-MiniLM-L6-v2")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ..executors import EXECUTORS
 from ..params import ParameterError, check_bool, check_choice, check_choices, check_fraction, check_int, check_list
+from ..pretrained import OFFLINE_LMS, check_model_name
 from . import data, models
 from .config import (AGGREGATION_STATES, CORE_METHODS, KNOWN_TARGETS, METHODS, METHODS_ALL, STAGE1_BATCHES,
                      analysis_config, check_attack, profile, run_config)
@@ -129,6 +130,8 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
     known = check_known_triggers(known_triggers)
     if known is not None:
         defense_params["known"] = known
+    if model is not None:  # before any run: a name that cannot load fails now, not after minutes
+        check_model_name("model", model, OFFLINE_LMS)
     overrides = {k: v for k, v in dict(model=model, n_poison=n_poison, epochs=epochs, finetune=attack_finetune,
                                        answer_tokens=answer_tokens).items() if v is not None}
 
