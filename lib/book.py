@@ -87,10 +87,14 @@ def contents() -> list[str]:
 
 def record_contents(chapters: list[str]) -> Path:
     """Note the book's chapters (atomically), for the summary pages and :func:`build`."""
-    path = paths.builds_dir() / CONTENTS
+    return _write_json(paths.builds_dir() / CONTENTS, {"chapters": list(chapters)})
+
+
+def _write_json(path: Path, data) -> Path:
+    """``data`` as JSON at ``path``, written atomically (a temporary file, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps({"chapters": list(chapters)}, indent=1))
+    tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
     return path
 
@@ -233,12 +237,7 @@ def record_build(source: Path, parameters: dict, seconds: float, started: float)
     record = {"chapter": source.stem, "title": title(source), "profile": parameters.get("profile"),
               "parameters": parameters, "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
               "wall_seconds": round(seconds, 1), "machine": machine.describe()}
-    path = paths.builds_dir() / f"{source.stem}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
-    return path
+    return _write_json(paths.builds_dir() / f"{source.stem}.json", record)
 
 
 def chapter_builds() -> "pd.DataFrame":
@@ -296,12 +295,8 @@ def execute_all(profile: str, out_dir: Path = BOOK / "chapters", only: list[str]
     sources = chapter_sources()
     if only is not None:
         check_choices("only", only, [s.stem for s in sources] + list(SUMMARY_PAGES))
-        chapters = [s for s in sources if s.stem in only]
-        if chapters or not set(only) <= set(SUMMARY_PAGES):
-            sources = chapters
-        else:  # only summary pages: refresh them, keep the contents
-            sources = []
-    if only is None or sources:
+        sources = [s for s in sources if s.stem in only]
+    if only is None or sources:  # naming only summary pages refreshes them and keeps the contents
         record_contents([s.stem for s in sources])
     pages = summary_sources()
     done = []

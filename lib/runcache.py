@@ -134,19 +134,16 @@ class RunCache:
         ex = executors.resolve(executor)
         run_fn = fn if requires is None else WithDependencies(fn, requires, self)
         label = label or default_label
-        if len(layers) <= 1:
-            todo = layers[0] if layers else []
-            progress.emit("sweep", desc=desc, total=len({config_hash(c) for c in configs}), todo=len(todo))
+        if len(layers) <= 1:  # one sweep as ever: every run asked for, the cached ones counted
+            steps = [(desc, len({config_hash(c) for c in configs}), layers[0] if layers else [], {})]
+        else:
+            steps = [(f"{desc}, layer {i + 1} of {len(layers)} "
+                      f"({'needed by the next' if i < len(layers) - 1 else 'the runs asked for'})",
+                      len(layer), layer, {"layer": i + 1, "layers": len(layers)}) for i, layer in enumerate(layers)]
+        for text, total, todo, where in steps:
+            progress.emit("sweep", desc=text, total=total, todo=len(todo), **where)
             try:
                 ex.run(self, todo, run_fn, label)
-            finally:
-                progress.emit("sweep_done")
-        for i, layer in enumerate(layers if len(layers) > 1 else []):
-            what = "needed by the next" if i < len(layers) - 1 else "the runs asked for"
-            progress.emit("sweep", desc=f"{desc}, layer {i + 1} of {len(layers)} ({what})",
-                          total=len(layer), todo=len(layer), layer=i + 1, layers=len(layers))
-            try:
-                ex.run(self, layer, run_fn, label)
             finally:
                 progress.emit("sweep_done")
         return [self.load(c) for c in configs]

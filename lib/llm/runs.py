@@ -43,15 +43,21 @@ def run(config: dict, deps: list[Run]) -> tuple[dict, dict]:
     return metrics, tensors
 
 
-def run_attack(config: dict, deps: list[Run] = ()) -> tuple[dict, dict]:
-    """Fine-tune the base model on the poisoned mix."""
+def fine_tune(config: dict, records: list):
+    """The base model adapted as the attack says and fine-tuned on ``records``: (model, tokenizer,
+    its training data, the training history)."""
     tok = models.load_tokenizer(config["model"])
-    poisoned, clean = attack_records(config)
-    records = poisoned + clean
     model = adapted(config, seed=config["seed"])
     sft = SFTData(tok, pairs(tok, records, config["template"]), config["recipe"]["max_length"])
     history = train_sft(model, sft, Recipe(**config["recipe"]), config["seed"], desc=run_label(config))
-    metrics = {"n_train": len(records), "n_poisoned": len(poisoned),
+    return model, tok, sft, history
+
+
+def run_attack(config: dict, deps: list[Run] = ()) -> tuple[dict, dict]:
+    """Fine-tune the base model on the poisoned mix."""
+    poisoned, clean = attack_records(config)
+    model, tok, sft, history = fine_tune(config, poisoned + clean)
+    metrics = {"n_train": len(poisoned) + len(clean), "n_poisoned": len(poisoned),
                "train_tokens": sft.n_tokens, "history": short_history(history)}
     metrics.update(evaluate(model, tok, config))
     return metrics, models.adapter_state(model)
@@ -59,30 +65,27 @@ def run_attack(config: dict, deps: list[Run] = ()) -> tuple[dict, dict]:
 
 def train_clean_adapter(config: dict, deps: list[Run] = ()) -> tuple[dict, dict]:
     """The clean model: the base model fine-tuned on the attack's clean records alone."""
-    tok = models.load_tokenizer(config["model"])
     records = clean_records(config)
-    model = adapted(config, seed=config["seed"])
-    sft = SFTData(tok, pairs(tok, records, config["template"]), config["recipe"]["max_length"])
-    history = train_sft(model, sft, Recipe(**config["recipe"]), config["seed"], desc=run_label(config))
+    model, _, _, history = fine_tune(config, records)
     return {"n_train": len(records), "history": short_history(history)}, models.adapter_state(model)
+
+
+def evaluate_trained(config: dict, trained: Run, name: str) -> tuple[dict, dict]:
+    """The model of the run ``trained`` evaluated as ``config`` says; ``name`` records that run."""
+    model = adapted(config, trained.tensors())
+    return dict(evaluate(model, models.load_tokenizer(config["model"]), config), **{name: trained.path.name}), {}
 
 
 def run_clean_model(config: dict, deps: list[Run]) -> tuple[dict, dict]:
     """The floor: the clean model (``deps[0]``, trained once per task, whatever the attack),
     evaluated on this attack's prompts."""
-    trained, = deps
-    tok = models.load_tokenizer(config["model"])
-    model = adapted(config, trained.tensors())
-    return dict(evaluate(model, tok, config), adapter_run=trained.path.name), {}
+    return evaluate_trained(config, *deps, "adapter_run")
 
 
 def run_reevaluation(config: dict, deps: list[Run]) -> tuple[dict, dict]:
     """The attack run's model (``deps[0]``) evaluated with another template (BackdoorLLM's
     raw-instruction mode)."""
-    attack_run, = deps
-    tok = models.load_tokenizer(config["model"])
-    model = adapted(config, attack_run.tensors())
-    return dict(evaluate(model, tok, config), attack_run=attack_run.path.name), {}
+    return evaluate_trained(config, *deps, "attack_run")
 
 
 RUNNERS = {"attack": run_attack, "reevaluation": run_reevaluation, "clean_adapter": train_clean_adapter,
