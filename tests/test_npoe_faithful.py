@@ -12,7 +12,9 @@ from moebackdoor import pretrained
 from moebackdoor.params import ParameterError
 from moebackdoor.text import config, data, evaluation, npoe_paper, poisoning, triggers
 from moebackdoor.text.config import expert_config, requires, run_config
-from moebackdoor.text.experiment import DIFFERENCES, npoe_grid
+from moebackdoor.text import experiment
+from moebackdoor.text.differences import AUTHORS, DIFFERENCES, ours_before
+from moebackdoor.text.experiment import npoe_grid
 from moebackdoor.text.training import PoE, Recipe, Tokenized, make_optimizer, pretrain_expert, train_poe
 
 
@@ -182,25 +184,32 @@ def test_offsets_start_a_groups_schedule_later():
     assert [b for _, b in lrs] == pytest.approx([0.0, 0.5, 1.0, 17 / 18, 16 / 18, 15 / 18])
 
 
-def test_learning_rates_and_dpoes_shallow_model_are_grid_parameters():
-    grid = npoe_grid("quick", methods=["no_defense", "dpoe", "npoe"], figures=["npoe-fig-expert-depth"],
-                     **DIFFERENCES["learning_rates"]["authors"], **DIFFERENCES["dpoe_shallow"]["authors"],
-                     expert_mode="eval", freeze_main_iters=5, pretrain_schedule="authors",
-                     pretrain_labels="authors", pretrain_source="attacked")
+def test_the_authors_choices_are_the_defaults_and_ours_before_is_one_parameter_set_away():
+    grid = npoe_grid("quick", methods=["no_defense", "dpoe", "npoe"], seeds=[0], figures=["npoe-fig-expert-depth"],
+                     regime="code", freeze_main_iters=5)
     nd, dpoe, npoe = grid.table
     assert nd["recipe"]["lr"] == dpoe["recipe"]["lr"] == npoe["recipe"]["lr"] == 2e-5
-    assert npoe["recipe"]["small_lr"] == 5e-4 and dpoe["recipe"]["small_lr"] == 8e-5
+    assert npoe["recipe"]["small_lr"] == 5e-4 and npoe["poe"]["train_experts"] is False  # the code's regime
+    assert dpoe["recipe"]["small_lr"] == 8e-5
     assert dpoe["experts"]["layers"] == 3 and dpoe["poe"]["rdrop_alpha"] == 3.0 and dpoe["poe"]["expert_mode"] == "eval"
     assert "freeze_main_iters" not in dpoe["poe"] and npoe["poe"]["freeze_main_iters"] == 5
-    assert npoe["poe"]["rdrop_alpha"] == 15.0 and npoe["experts"]["layers"] == 1
+    assert npoe["poe"]["rdrop_alpha"] == 15.0 and npoe["experts"]["layers"] == 1 and npoe["experts"]["pretrain_epochs"] == 1
     assert {k: npoe["experts"][k] for k in config.EXPERTS_ADDED} == {
         "pretrain_schedule": "authors", "pretrain_labels": "authors", "pretrain_source": "attacked"}
     figs = grid.figures["npoe-fig-expert-depth"]
     assert all(c["recipe"]["small_lr"] == 5e-4 and c["recipe"]["lr"] == 2e-5 for c in figs)
     assert all(c["poe"]["expert_mode"] == "eval" for c in figs)
-    # ours before, spelt out, is the page as it was
-    ours = {k: v for d in DIFFERENCES.values() for k, v in d["ours"].items()}
-    assert npoe_grid("quick", **ours).table == npoe_grid("quick").table
+    # the differences table's authors' configuration is the defaults, at β 1 with the experts trained
+    authors = npoe_grid("quick", methods=["no_defense", "dpoe", "npoe"], seeds=[0], figures=[], **AUTHORS).table
+    assert authors[:2] == grid.table[:2]
+    assert authors[2] == experiment.with_regime(npoe_grid("quick", methods=["npoe"], seeds=[0], figures=[]).table[0],
+                                                dict(small_lr=5e-4, train_experts=True))
+    # ours before, spelt out
+    before = npoe_grid("quick", methods=["no_defense", "dpoe", "npoe"], **ours_before("quick")).table
+    assert [c["recipe"]["lr"] for c in before] == [3e-5] * 3 and before[2]["recipe"]["small_lr"] == 2e-5
+    assert before[1]["experts"]["layers"] == 1 and before[1]["poe"]["rdrop_alpha"] == 15.0
+    assert not set(config.EXPERTS_ADDED) & set(before[2]["experts"]) and before[2]["experts"]["pretrain_epochs"] == 200
+    assert "expert_mode" not in before[2]["poe"] and before[2]["poe"]["train_experts"] is True
     for name, value in (("expert_mode", "off"), ("freeze_main_iters", -1), ("pretrain_labels", "x"),
                         ("pretrain_source", "ag"), ("pretrain_schedule", 1), ("dpoe_layers", 0),
                         ("dpoe_rdrop_alpha", -1), ("small_lr", 0), ("lr", -1e-5)):

@@ -14,14 +14,17 @@ from moebackdoor.runcache import RunCache, config_hash
 from moebackdoor.text import config, defenses, experiment, runs
 from moebackdoor.text.config import (base_config, expert_config, is_expert, requires, run_config, run_label,
                                      with_beta)
+from moebackdoor.text.differences import ours_before
 from moebackdoor.text.experiment import npoe_grid, npoe_results
 
 KEYS = Path(__file__).parent / "data" / "npoe_cache_keys.json"
 
 
 def page_groups(profile: str) -> dict[str, list[dict]]:
-    """The page's configurations at default parameters, by role, as the snapshot names them."""
-    grid = npoe_grid(profile)
+    """The page's configurations with the parameters of ours before (the defaults before the
+    authors' choices became them, :func:`differences.ours_before`), by role, as the snapshot
+    names them."""
+    grid = npoe_grid(profile, **ours_before(profile))
     npoe = [c for c in grid.table if c["method"] == "npoe"]
     groups = {"table": grid.table, "candidates": [c for cs in grid.candidates.values() for c in cs],
               "final": [with_beta(c, b) for c in npoe for b in config.profile(profile)["select_beta"]], **grid.figures}
@@ -33,8 +36,9 @@ def page_groups(profile: str) -> dict[str, list[dict]]:
 
 
 @pytest.mark.parametrize("profile", ["smoke", "quick"])
-def test_every_cache_key_of_the_page_is_unchanged(profile):
-    """Users' cached runs stay valid: the same configurations, hence the same run folders."""
+def test_every_cache_key_of_the_page_as_it_ran_before_is_one_parameter_set_away(profile):
+    """Users' cached runs stay valid under ``ours_before``: the same configurations, hence the
+    same run folders."""
     before = json.loads(KEYS.read_text())[profile]
     now = page_groups(profile)
     assert set(now) == set(before)
@@ -92,20 +96,30 @@ def test_the_grid_names_each_role(monkeypatch):
         per_setting[c["dataset"], c["setting"]].add(c["method"])
     assert per_setting[("sst2", "mix4")] == {"no_defense", "npoe"} and per_setting[("sst2", "mix3")] == set(config.METHODS)
     assert len(grid.table) == 2 * (8 + 2 + 8 + 8)  # two seeds
-    assert list(grid.candidates) == [(ds, s, seed) for ds, s in grid.runnable for seed in (0, 1)]
-    cands = grid.candidates[("sst2", "mix3", 1)]
-    table_npoe = next(c for c in grid.table if c["method"] == "npoe" and c["seed"] == 1 and c["setting"] == "mix3")
-    assert [c["poe"]["beta"] for c in cands] == [1.0, 4.0, 8.0] and {c["n_train"] for c in cands} == {1500}
-    assert cands == config.selection_configs(table_npoe)
+    # NPoE's regime and β: chosen once, on the first seed, among both regimes at every β
+    assert list(grid.candidates) == [(ds, s, 0) for ds, s in grid.runnable]
+    cands = grid.candidates[("sst2", "mix3", 0)]
+    table_npoe = next(c for c in grid.table if c["method"] == "npoe" and c["seed"] == 0 and c["setting"] == "mix3")
+    assert [c["poe"]["beta"] for c in cands] == [1.0, 4.0, 8.0] * 2 and {c["n_train"] for c in cands} == {1500}
+    assert [(c["recipe"]["small_lr"], c["poe"]["train_experts"]) for c in cands] == [(5e-4, False)] * 3 + [(2e-5, True)] * 3
+    assert cands == [k for r in grid.regimes for k in config.selection_configs(experiment.with_regime(table_npoe, r))]
     assert list(grid.figures) == ["npoe-fig-gate-layers"] and grid.fig_dataset == "sst2" and grid.fig_setting == "mix3"
-    assert grid.figures["npoe-fig-gate-layers"] == config.figure_configs(
-        "quick", "npoe-fig-gate-layers", poe_params=table_npoe["poe"] | {"beta": 1.0},
-        expert_params={"double_softmax": False, "gate_on": "text"})
+    assert grid.figures == grid.figures_for(grid.regimes[0])
+    example = grid.figures_for(grid.regimes[1])["npoe-fig-gate-layers"]
+    assert [c["poe"]["gate_layers"] if "gate_layers" in c["poe"] else c["experts"]["gate_layers"] for c in example] == [1, 2]
+    assert all(c["recipe"]["small_lr"] == 2e-5 and c["poe"]["train_experts"] for c in example)
     assert grid.parameters["seeds"] == [0, 1] and grid.parameters["figures"] == ["npoe-fig-gate-layers"]
-    groups = grid.groups()
+    groups = grid.groups()  # the figures wait for the choice of regime
     assert "npoe" not in {c["method"] for c in groups["table"]} and len(groups["candidates"]) == 4 * 2 * 3
-    # a given β: one candidate, itself at the table's scale
-    fixed = npoe_grid("quick", beta=4, methods=["npoe"], figures=[], encoder="bert-base-uncased", n_train=500, epochs=1)
+    assert "npoe-fig-gate-layers" not in groups
+    one = npoe_grid("quick", regime="example", figures=["npoe-fig-gate-layers"])
+    assert len(one.regimes) == 1 and "npoe-fig-gate-layers" in one.groups()
+    # a given β: one candidate per regime, at the table's scale; a given regime too: one in all
+    both = npoe_grid("quick", beta=4, methods=["npoe"], figures=[])
+    assert [(c["poe"]["beta"], c["poe"]["train_experts"]) for c in both.candidates[("sst2", "mix3", 0)]] == \
+        [(4.0, False), (4.0, True)]
+    fixed = npoe_grid("quick", beta=4, methods=["npoe"], figures=[], encoder="bert-base-uncased", n_train=500, epochs=1,
+                      regime="code")
     (only,), = fixed.candidates.values()
     assert only == fixed.table[0] and only["poe"]["beta"] == 4.0 and only["encoder"] == "bert-base-uncased"
     assert (only["n_train"], only["recipe"]["epochs"]) == (500, 1)
@@ -176,19 +190,24 @@ def fake_run(cfg, deps):
     return metrics, {"w": torch.zeros(1)}
 
 
-def test_results_run_the_graph_in_one_sweep_then_the_chosen_beta(tmp_path, monkeypatch):
+def test_results_run_the_graph_in_one_sweep_then_the_chosen_regime_and_beta_for_every_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "run", fake_run)
     cache = RunCache(tmp_path)
-    grid = npoe_grid("quick", methods=["no_defense", "npoe", "onion"], figures=["npoe-fig-beta", "npoe-fig-double-rate"])
+    grid = npoe_grid("quick", methods=["no_defense", "npoe", "onion"], seeds=[0, 1],
+                     figures=["npoe-fig-beta", "npoe-fig-double-rate"])
     res = npoe_results(grid, cache)
-    assert [r.config["method"] for r in res.table_runs] == ["no_defense", "npoe", "onion"]
-    (cands, k, chosen), = res.selections.values()
-    assert k == 1 and chosen.config == with_beta(grid.table[1], 4.0) and chosen.config["n_train"] is None
-    assert [r.config for r in cands] == grid.candidates[("sst2", "mix3", 0)] == [r.config for r in res.figures["npoe-fig-beta"]]
+    assert [r.config["method"] for r in res.table_runs] == ["no_defense"] * 2 + ["npoe"] * 2 + ["onion"] * 2
+    (cands, k, chosen), = res.selections.values()  # chosen on seed 0: β 4, the first regime (a tie)
+    assert k == 1 and chosen.config == with_beta(grid.table[2], 4.0) and chosen.config["n_train"] is None
+    assert res.table_runs[3].config == with_beta(grid.table[3], 4.0) and res.table_runs[3].config["seed"] == 1
+    assert [r.config for r in cands] == grid.candidates[("sst2", "mix3", 0)]
+    assert [r.config for r in cands[:3]] == [r.config for r in res.figures["npoe-fig-beta"]]  # the chosen regime's
     assert [e["trigger"] for e in chosen.metrics["pretraining"]] == list(config.EXPERT_ORDER)
     assert list(res.table.columns) == experiment.npoe_paper.COLUMNS and set(res.sensitivity) == set(grid.figures)
-    # the table's three, three candidates, four rate runs (one no_defense shared), four experts
-    assert res.n_runs == 3 + 3 + 3 + 4 and res.minutes == pytest.approx(9 + 4 / 60)
+    # the table's six, six candidates, four rate runs (NPoE at rate 1 is the β figure's β 1), and
+    # the experts: each regime's at the candidates' scale, and seed 0's and seed 1's at the table's
+    experts = {config_hash(d) for r in res.page_runs for d in requires(r.config) if is_expert(d)}
+    assert len(experts) == 4 * 4 and res.n_runs == 6 + 6 + 3 + 16
     assert res.select_n_train == 1500
     again = npoe_results(grid, cache)  # everything cached: nothing runs
     monkeypatch.setattr(experiment, "run", None)

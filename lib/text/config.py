@@ -49,6 +49,7 @@ PROFILES = {
     "smoke": {"encoder": DEFAULT_ENCODER, "layers": 2, "n_train": 160, "n_test": 100, "max_length": 48,
               "recipe": dict(epochs=1, batch_size=16, lr=1e-4, small_lr=1e-4),
               "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=32, pretrain_steps=2, pretrain_epochs=None, gate_on="text", cls_only=True),
+              "dpoe": dict(layers=1, rdrop_alpha=None), "regimes": ["example"],
               "onion_n_test": 8, "bki_n_score": None, "n_dev": 100, "seeds": (0,), "select_beta": [1.0, 2.0],
               "select_scale": None,
               "datasets": ["sst2"], "settings": ["mix4"],
@@ -56,15 +57,16 @@ PROFILES = {
                               rate_scale=[1.0, 2.0])},
     # this 2-core CPU: MiniLM-L6, a subset of the training set, short sequences
     "quick": {"encoder": DEFAULT_ENCODER, "layers": None, "n_train": None, "n_test": None, "max_length": 64,
-              "recipe": dict(epochs=2, batch_size=16, lr=3e-5, small_lr=5e-4),
-              # NPoE's experts train jointly at the example script's learning rate (the code's default
-              # 5e-4 goes with frozen experts); DPoE's expert at DPoE's own (its run_train.sh)
-              "small_lr_by_method": {"npoe": 2e-5, "dpoe": 8e-5},
-              # a two-layer gate: the authors' code default (their example script uses one)
-              # pre-training runs to the authors' 800-batch cap (``--pretrain_iters``): the recipe's 2 epochs
-              # over 100 sentences (14 batches) left every expert at chance on its own set
-              "experts": dict(n=4, layers=1, gate_layers=2, pretrain_n=100, pretrain_steps=800, pretrain_epochs=200, gate_on="text", cls_only=True),
-              "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0,), "select_beta": [1.0, 4.0, 8.0],
+              # the authors' code (notebooks/npoe.config.yaml): main model at 2e-5; NPoE's experts and
+              # gate at the rate of the regime its pseudo-dev rule chooses (:data:`REGIMES`), DPoE's
+              # expert at DPoE's own (its run_train.sh)
+              "recipe": dict(epochs=2, batch_size=16, lr=2e-5, small_lr=5e-4),
+              "small_lr_by_method": {"dpoe": 8e-5},
+              # a two-layer gate: the authors' code default (their example script uses one); one
+              # pre-training epoch over the expert's 100 sentences (``--epoch_pretrain``'s default)
+              "experts": dict(n=4, layers=1, gate_layers=2, pretrain_n=100, pretrain_steps=800, pretrain_epochs=1, gate_on="text", cls_only=True),
+              "dpoe": dict(layers=3, rdrop_alpha=3.0), "regimes": ["code", "example"],
+              "onion_n_test": 150, "bki_n_score": 2000, "n_dev": None, "seeds": (0, 1, 2), "select_beta": [1.0, 4.0, 8.0],
               # β is selected on runs at the figures' scale and the chosen β trained at the table's
               # (selecting among full runs picked the same β 4 in our one comparison, for 15 min more)
               "select_scale": dict(n_train=1500, epochs=2),
@@ -75,13 +77,18 @@ PROFILES = {
     # the authors' setting (a GPU): BERT-base, all data, max length 256, 5 seeds
     "paper": {"encoder": "bert-base-uncased", "layers": None, "n_train": None, "n_test": None, "max_length": 256,
               "recipe": dict(epochs=3, batch_size=16, lr=2e-5, small_lr=2e-5), "small_lr_by_method": {"dpoe": 8e-5},
-              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=None, gate_on="text", cls_only=True),
+              "experts": dict(n=4, layers=1, gate_layers=1, pretrain_n=100, pretrain_steps=800, pretrain_epochs=1, gate_on="text", cls_only=True),
+              "dpoe": dict(layers=3, rdrop_alpha=3.0), "regimes": ["code", "example"],
               "onion_n_test": None, "bki_n_score": None, "n_dev": None, "seeds": (0, 1, 2, 3, 4),
               "select_beta": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0], "select_scale": None,
               "datasets": ["sst2", "offenseval", "trec", "hatespeech"],
               "settings": ["badnet", "insertsent", "syntactic", "style", "mix3", "mix4"],
               "figures": dict(n_train=None, epochs=None, expert_layers=[1, 2, 3, 4, 6], gate_layers=[1, 2, 3, 6], rate_scale=[1.0, 2.0])},
 }
+# where the authors' code and their example script disagree on NPoE's experts: the code's defaults
+# (small_lr 5e-4, --freeze_bias_iters -1: experts kept as pre-trained) and the example's pairing
+# (2e-5, experts trained jointly); the page's pseudo-dev rule chooses between them, with β
+REGIMES = {"code": dict(small_lr=5e-4, train_experts=False), "example": dict(small_lr=2e-5, train_experts=True)}
 OVERRIDES = ("encoder", "layers", "n_train", "max_length", "epochs", "lr", "small_lr")
 
 

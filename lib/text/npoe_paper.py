@@ -76,6 +76,32 @@ def results_table(runs, encoder_column: bool = False) -> pd.DataFrame:
     return table.groupby(keys, sort=False, as_index=False).mean()[columns]
 
 
+# the chapter's verdict (notebooks/npoe.config.yaml): NPoE reproduces only where its mean ASR is
+# below ``asr_ratio`` of No defense's and its mean CACC within ``cacc_points`` of Benign's
+VERDICT = {"asr_ratio": 0.5, "cacc_points": 3.0}
+VERDICT_CELL = "{ds}, {setting}: NPoE's ASR below half of No defense's, CACC within 3 points of Benign's"
+
+
+def verdict(table: pd.DataFrame, dataset: str = "sst2", setting: str = "mix3") -> dict | None:
+    """The verdict rule on :func:`results_table` (means over seeds; one encoder): ``reproduced``
+    and the four numbers it reads, or None where a method is missing.
+
+    >>> t = pd.DataFrame({"dataset": "sst2", "setting": "mix3", "trigger": "", "method": ["no_defense", "benign", "npoe"],
+    ...                   "cacc": [88.0, 89.0, 86.5], "asr": [90.0, 15.0, 44.0]})
+    >>> verdict(t)["reproduced"], verdict(t.assign(cacc=[88.0, 89.0, 85.5]))["reproduced"]
+    (True, False)
+    """
+    rows = table[(table.dataset == dataset) & (table.setting == setting) & (table.trigger.fillna("") == "")]
+    by = rows.set_index("method")
+    if not {"no_defense", "benign", "npoe"} <= set(by.index):
+        return None
+    nd_asr, benign_cacc = float(by.at["no_defense", "asr"]), float(by.at["benign", "cacc"])
+    asr, cacc = float(by.at["npoe", "asr"]), float(by.at["npoe", "cacc"])
+    ok = asr < VERDICT["asr_ratio"] * nd_asr and cacc >= benign_cacc - VERDICT["cacc_points"]
+    return {"reproduced": bool(ok), "npoe_asr": asr, "no_defense_asr": nd_asr, "npoe_cacc": cacc,
+            "benign_cacc": benign_cacc}
+
+
 def display_table(table: pd.DataFrame, dataset: str, setting: str) -> pd.DataFrame:
     """One setting of one dataset as the chapter shows it: methods as rows, ours | paper (†: unverified)."""
     t = table[(table.dataset == dataset) & (table.setting == setting)]

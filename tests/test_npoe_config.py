@@ -1,0 +1,53 @@
+"""Chapter 3 runs the configuration written down in ``notebooks/npoe.config.yaml``: its defaults,
+ours before, the regimes, the differences table, the MPNet-base section and the verdict rule are
+what the library does."""
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moebackdoor.text import config, differences, experiment, mpnet, npoe_paper
+
+PLAN = yaml.safe_load((Path(__file__).parents[1] / "notebooks" / "npoe.config.yaml").read_text())
+GRID = inspect.signature(experiment.npoe_grid).parameters
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_the_defaults_are_the_authors_choices_written_down(profile):
+    d, p = PLAN["defaults"], config.profile(profile)
+    for key in ("pretrain_schedule", "pretrain_labels", "pretrain_source", "expert_mode", "freeze_main_iters"):
+        assert GRID[key].default == d[key], key
+    assert p["experts"]["pretrain_epochs"] == d["pretrain_epochs"]
+    assert p["recipe"]["lr"] == d["lr"] and p["small_lr_by_method"] == {"dpoe": d["dpoe_small_lr"]}
+    assert p["dpoe"] == {"layers": d["dpoe_layers"], "rdrop_alpha": d["dpoe_rdrop_alpha"]}
+    assert list(p["seeds"]) == PLAN["seeds"][profile]
+    assert p["regimes"] == list(PLAN["regimes"]) and config.REGIMES == PLAN["regimes"]
+
+
+def test_ours_before_is_written_down():
+    ours = PLAN["ours_before"]
+    assert differences.OURS_BEFORE == ours
+    assert {k: v for d in differences.DIFFERENCES.values() for k, v in d["ours"].items()} | {
+        "train_experts": True, "dpoe_small_lr": 8e-5} == ours
+
+
+def test_the_differences_table_is_written_down():
+    plan = PLAN["differences"]
+    assert differences.SEEDS == plan["seeds"] and differences.N_TRAIN_LADDER == plan["n_train_ladder"]
+    assert (differences.MIN_ASR, differences.MIN_CACC) == (plan["min_asr"], plan["min_cacc"])
+    assert (differences.DATASET, differences.SETTING) == (plan["dataset"], plan["setting"])
+    assert list(differences.DIFFERENCES) == plan["rows"]
+    a = differences.AUTHORS
+    assert (a["beta"], a["small_lr"], a["train_experts"]) == (plan["beta"], plan["small_lr"], plan["train_experts"])
+    for key, value in PLAN["defaults"].items():
+        assert a.get(key, value) == value, key
+
+
+def test_the_mpnet_section_and_the_verdict_are_written_down():
+    plan = PLAN["mpnet"]
+    assert mpnet.ENCODER == plan["encoder"] and mpnet.SEED == plan["seed"]
+    assert mpnet.NPOE == dict(beta=plan["beta"], small_lr=plan["small_lr"], train_experts=plan["train_experts"])
+    assert mpnet.N_TRAIN_LADDER == plan["n_train_ladder"]
+    assert (mpnet.BUDGET_MINUTES, mpnet.COST_FACTOR) == (plan["budget_minutes"], plan["cost_factor"])
+    assert npoe_paper.VERDICT == PLAN["verdict"]
