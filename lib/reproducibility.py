@@ -8,6 +8,9 @@ A paper module lists its cells (``chapter, artefact, cell, series, paper, ours, 
   poison rates, pruning rates, ...) ours moves the way the paper's does from the neighbouring
   cell (up, down, or flat within the tolerance);
 - ``not reproduced``: neither;
+- a cell with a ``rule`` (a claim that its chapter judges by a rule written down beforehand,
+  such as chapter 3's "NPoE's ASR below half of No defense's, its CACC within 3 points of
+  Benign's") takes that verdict, ``reproduced`` or ``not reproduced``;
 - ``paper number unverified``: the paper's number comes from a secondary source;
 - ``not run at this profile``: the chapter ran, but not this cell (a rate outside its grid);
 - ``not judged at smoke``: the chapter ran at ``smoke``, whose numbers mean nothing;
@@ -19,6 +22,8 @@ A paper module lists its cells (``chapter, artefact, cell, series, paper, ours, 
 ['reproduced', 'trend reproduced']
 >>> list(verdicts(cells, tolerance=5, profiles={"c": "smoke"}).verdict)
 ['not judged at smoke', 'not judged at smoke']
+>>> list(verdicts(cells.assign(rule=[None, "not reproduced"]), tolerance=5).verdict)
+['reproduced', 'not reproduced']
 """
 from __future__ import annotations
 
@@ -60,6 +65,9 @@ def verdicts(cells: pd.DataFrame, tolerance: float = 5.0, profiles: dict | None 
                         _direction(out.at[j, "ours"], ours, tolerance)
                     verdict[i] = "trend reproduced" if same else "not reproduced"
     verdict[~out.verified.astype(bool)] = "paper number unverified"
+    if "rule" in out:  # a cell judged by its chapter's own rule (a claim, not one number)
+        ruled = out.rule.notna() & out.rule.isin(VERDICTS[:3])
+        verdict[ruled] = out.rule[ruled]
     smoke = out.chapter.map(lambda c: (profiles or {}).get(c) == "smoke").astype(bool)
     verdict[smoke & built] = "not judged at smoke"
     verdict[~built] = "not built yet"
@@ -135,5 +143,24 @@ def paper_lines(report: pd.DataFrame, chapters: list[str] | None = None) -> str:
             r = row.iloc[0]
             mark = "" if r.verdict != "paper number unverified" else " (unverified)"
             line += f" {what} {r.ours:.1f} % here, {r.paper:g} % in the paper{mark}."
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def chapter_lines(report: pd.DataFrame, builds: pd.DataFrame) -> str:
+    """Markdown, one line per chapter of ``builds`` (:func:`book.chapter_builds`: chapter, title,
+    profile) that has cells in the report: the profile it ran at, its verdicts, and each claim
+    it judges by its own rule with that verdict."""
+    lines = []
+    for _, b in builds.iterrows():
+        r = report[report.chapter == b.chapter]
+        if r.empty:
+            continue
+        at = f" at `{b.profile}`" if isinstance(b.profile, str) else ""
+        line = f"- **{b.title}**{at}: {headline(report, [b.chapter])}."
+        if "rule" in r:
+            judged = r[r.rule.notna() & r.verdict.isin(VERDICTS[:3])]
+            if len(judged):
+                line += " By its own rule: " + "; ".join(f"{c.cell}: {c.verdict}" for c in judged.itertuples()) + "."
         lines.append(line)
     return "\n".join(lines)

@@ -39,8 +39,11 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
         assert (figures / f"{fig_id}.png").stat().st_size > 1000
 
     npoe = pd.read_csv(tables / "npoe-results.csv", keep_default_na=False, na_values=[""])
-    assert list(npoe.columns) == ["dataset", "setting", "method", "trigger", "cacc", "asr", "paper_cacc", "paper_asr"]
+    assert list(npoe.columns) == ["dataset", "setting", "method", "trigger", "cacc", "asr", "paper_cacc", "paper_asr",
+                                  "encoder"]
     overall = npoe[npoe.trigger.isna()]
+    diff = pd.read_csv(tables / "npoe-differences.csv")
+    assert list(diff.columns) == ["difference", "authors", "ours_before", "cacc", "asr", "cacc_sd", "asr_sd"]
     assert set(overall.method) == {"no_defense", "benign", "dpoe", "npoe", "onion", "bki", "strip", "rap"}
     assert set(npoe.trigger.dropna()) == {"badnet", "insertsent", "syntactic", "style"}  # smoke: the 4-trigger mix
     assert npoe.asr.between(0, 100).all() and overall.cacc.between(0, 100).all()

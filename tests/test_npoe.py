@@ -16,8 +16,11 @@ def test_npoe_chapter_executes_at_smoke(companion_env):
     book.execute_notebook(book.NOTEBOOKS / "npoe.md", companion_env / "nb", {"profile": "smoke"})
     table = pd.read_csv(companion_env / "generated" / "tables" / f"{npoe_paper.TABLE_ID}.csv", keep_default_na=False,
                         na_values=[""])
-    assert list(table.columns) == npoe_paper.COLUMNS
-    assert set(table.method) == set(METHODS)
+    assert list(table.columns) == npoe_paper.COLUMNS + ["encoder"]
+    assert set(table.method) == set(METHODS) and set(table.encoder) == {"minilm-l6"}  # smoke: no MPNet-base
+    diff = pd.read_csv(companion_env / "generated" / "tables" / "npoe-differences.csv")
+    assert list(diff.columns) == ["difference", "authors", "ours_before", "cacc", "asr", "cacc_sd", "asr_sd"]
+    assert len(diff) == 5 and diff[["cacc", "asr"]].stack().between(0, 100).all()
     overall = table[table.trigger.isna()]
     assert len(overall) == len(METHODS) and overall.cacc.between(0, 100).all()
     assert set(table.trigger.dropna()) == {"badnet", "insertsent", "syntactic", "style"}  # smoke: the 4-trigger mix

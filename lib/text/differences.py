@@ -9,16 +9,18 @@ defense still carries the backdoor (:func:`choose_n_train`), so that every row m
 defense against a backdoor that is there. ``notebooks/npoe.config.yaml`` wrote this down before
 the runs.
 
->>> rows = differences_configs("smoke", n_train=160, seeds=[0])
+>>> rows = differences_configs("smoke", n_train=160, seeds=[0])  # every row
 >>> list(rows)[:2], rows["dpoe_shallow"][0]["method"]
 (['authors_npoe', 'pretrain_schedule'], 'dpoe')
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from ..params import check_choice, check_int, check_list, check_positive
+from ..params import check_choice, check_choices, check_int, check_list, check_positive
 from ..runcache import RunCache
 from .config import requires, run_label
 from .experiment import npoe_grid
@@ -117,15 +119,16 @@ def choose_n_train(by_rung: dict[int, tuple[float, float]], ladder=N_TRAIN_LADDE
     return ladder[-1]
 
 
-def differences_configs(profile: str, n_train: int, seeds=SEEDS) -> dict[str, list[dict]]:
+def differences_configs(profile: str, n_train: int, seeds=SEEDS, rows=None) -> dict[str, list[dict]]:
     """Every row's runs (one per seed): No defense, the authors' NPoE, each NPoE difference switched
-    back to ours, the authors' DPoE and DPoE's difference."""
+    back to ours, the authors' DPoE and DPoE's difference (``rows``: which differences; None: all)."""
     seeds = check_list("seeds", seeds, check_int, allow_none=False)
+    wanted = list(DIFFERENCES) if rows is None else check_choices("rows", rows, DIFFERENCES)
     rows = {"authors_npoe": _grid(profile, "npoe", n_train, seeds)}
     rows |= {d: _grid(profile, "npoe", n_train, seeds, **DIFFERENCES[d]["ours"])
-             for d in DIFFERENCES if d not in DPOE_ROWS}
+             for d in wanted if d not in DPOE_ROWS}
     rows["authors_dpoe"] = _grid(profile, "dpoe", n_train, seeds)
-    rows |= {d: _grid(profile, "dpoe", n_train, seeds, **DIFFERENCES[d]["ours"]) for d in DPOE_ROWS}
+    rows |= {d: _grid(profile, "dpoe", n_train, seeds, **DIFFERENCES[d]["ours"]) for d in wanted if d in DPOE_ROWS}
     rows["no_defense"] = ladder_configs(profile, n_train, seeds)
     return rows
 
@@ -145,20 +148,40 @@ def differences_table(rows: dict[str, list]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def differences_results(profile: str, cache: RunCache | None = None, seeds=SEEDS, ladder=N_TRAIN_LADDER,
-                        min_asr: float = MIN_ASR, min_cacc: float = MIN_CACC, executor=None, force: bool = False):
+# the ladder and seeds per profile (smoke: every code path, one tiny rung)
+# (smoke: every code path, one tiny rung, one NPoE row whose experts are the reference's, DPoE's row)
+PLANS = {"smoke": dict(ladder=[160], seeds=[0], rows=["expert_mode", "dpoe_shallow"]),
+         "quick": dict(ladder=N_TRAIN_LADDER, seeds=SEEDS, rows=list(DIFFERENCES)),
+         "paper": dict(ladder=N_TRAIN_LADDER, seeds=SEEDS, rows=list(DIFFERENCES))}
+
+
+@dataclass
+class Differences:
+    n_train: int  # the training sentences the rows ran on
+    by_rung: dict[int, tuple[float, float]]  # No defense's mean (ASR, CACC) per rung climbed
+    runs: dict[str, list]  # each row's runs, one per seed
+    table: pd.DataFrame  # :func:`differences_table`
+    seeds: list[int]
+
+
+def differences_results(profile: str, cache: RunCache | None = None, seeds=None, ladder=None,
+                        min_asr: float = MIN_ASR, min_cacc: float = MIN_CACC, executor=None,
+                        force: bool = False) -> Differences:
     """Climb the ladder (No defense per rung, all seeds) until a rung carries the backdoor, then run
-    every row there. Returns ``(n_train, {rung: No defense's mean (ASR, CACC)}, {row: runs}, table)``."""
+    every row there (``seeds``, ``ladder``: None, the profile's :data:`PLANS`)."""
+    plan = PLANS[check_choice("profile", profile, PLANS)]
+    seeds = check_list("seeds", seeds, check_int) or plan["seeds"]
+    ladder = check_list("ladder", ladder, lambda n, v: check_int(n, v, 1)) or plan["ladder"]
     cache = cache or RunCache()
     min_asr, min_cacc = check_positive("min_asr", min_asr), check_positive("min_cacc", min_cacc)
     kw = dict(force=force, label=run_label, executor=executor, requires=requires)
     by_rung, n_train = {}, None
     for n in ladder:
-        runs_ = cache.sweep(ladder_configs(profile, n, seeds), run, desc=f"No defense on {n} sentences", **kw)
+        runs_ = cache.sweep(ladder_configs(profile, n, seeds), run, desc=f"No defense on {n:,} sentences", **kw)
         by_rung[n] = tuple(float(np.mean([r.metrics[k] for r in runs_])) for k in ("asr", "cacc"))
         n_train = choose_n_train(by_rung, ladder, min_asr, min_cacc)
         if n_train is not None:
             break
-    configs = differences_configs(profile, n_train, seeds)
+    configs = differences_configs(profile, n_train, seeds, plan["rows"])
     loaded = cache.sweep_groups(configs, run, desc="the differences table", **kw)
-    return n_train, by_rung, loaded, differences_table(loaded)
+    return Differences(n_train, by_rung, loaded, differences_table(loaded), list(seeds))

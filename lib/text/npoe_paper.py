@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from .. import style
+from ..reporting import mean_std
 from . import poe
-from .config import pretrain_batches, profile
+from .config import REGIMES, pretrain_batches, profile
 
 
 TABLE_ID = "npoe-results"
@@ -91,7 +92,7 @@ def verdict(table: pd.DataFrame, dataset: str = "sst2", setting: str = "mix3") -
     >>> verdict(t)["reproduced"], verdict(t.assign(cacc=[88.0, 89.0, 85.5]))["reproduced"]
     (True, False)
     """
-    rows = table[(table.dataset == dataset) & (table.setting == setting) & (table.trigger.fillna("") == "")]
+    rows = table[(table.dataset == dataset) & (table.setting == setting) & (table.trigger.isna() | (table.trigger == ""))]
     by = rows.set_index("method")
     if not {"no_defense", "benign", "npoe"} <= set(by.index):
         return None
@@ -102,16 +103,37 @@ def verdict(table: pd.DataFrame, dataset: str = "sst2", setting: str = "mix3") -
             "benign_cacc": benign_cacc}
 
 
-def display_table(table: pd.DataFrame, dataset: str, setting: str) -> pd.DataFrame:
-    """One setting of one dataset as the chapter shows it: methods as rows, ours | paper (†: unverified)."""
+def results_sd(runs) -> pd.DataFrame:
+    """The spread over seeds of :func:`results_table`'s overall rows: per (dataset, setting,
+    method, encoder), the sample sd of CACC and ASR and the number of seeds."""
+    rows = [{"dataset": r.config["dataset"], "setting": r.config["setting"], "method": r.config["method"],
+             "encoder": r.config["encoder"], "cacc": r.metrics["cacc"], "asr": r.metrics["asr"]} for r in runs]
+    keys = ["dataset", "setting", "method", "encoder"]
+    if not rows:
+        return pd.DataFrame(columns=keys + ["cacc_sd", "asr_sd", "n"])
+    g = pd.DataFrame(rows).groupby(keys, sort=False)
+    return g.agg(cacc_sd=("cacc", "std"), asr_sd=("asr", "std"), n=("cacc", "size")).reset_index()
+
+
+def display_table(table: pd.DataFrame, dataset: str, setting: str, sd: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One setting of one dataset as the chapter shows it: methods as rows, ours (mean ± sd over
+    seeds where ``sd`` gives several) | paper (†: unverified)."""
     t = table[(table.dataset == dataset) & (table.setting == setting)]
     overall = t[t.trigger == ""].set_index("method")
     out = pd.DataFrame(index=[METHOD_NAMES[m] for m in overall.index])
+    spread = None if sd is None else sd[(sd.dataset == dataset) & (sd.setting == setting)].set_index("method")
     fmt = lambda v: "" if pd.isna(v) else f"{v:.1f}"
     paper = lambda v: "" if pd.isna(v) else f"{v:.1f}†"
-    out["CACC"] = [fmt(v) for v in overall.cacc]
+
+    def ours(m, key):
+        v = overall.at[m, key]
+        if spread is None or m not in spread.index:
+            return fmt(v)
+        return mean_std(v, spread.at[m, f"{key}_sd"], int(spread.at[m, "n"]))
+
+    out["CACC"] = [ours(m, "cacc") for m in overall.index]
     out["CACC (paper)"] = [paper(v) for v in overall.paper_cacc]
-    out["ASR"] = [fmt(v) for v in overall.asr]
+    out["ASR"] = [ours(m, "asr") for m in overall.index]
     out["ASR (paper)"] = [paper(v) for v in overall.paper_asr]
     for trigger in [x for x in t.trigger.unique() if x]:
         per = t[t.trigger == trigger].set_index("method").asr
@@ -120,14 +142,19 @@ def display_table(table: pd.DataFrame, dataset: str, setting: str) -> pd.DataFra
 
 
 def reproducibility_cells(tables_dir) -> pd.DataFrame:
-    """The paper numbers of chapter 3 beside ours (all unverified: see the module's note)."""
+    """The paper numbers of chapter 3 beside ours (all unverified: see the module's note), and
+    per encoder the chapter's verdict (:data:`VERDICT`), judged on our numbers alone."""
     from ..reproducibility import not_built
 
     path = tables_dir / f"{TABLE_ID}.csv"
     if not path.is_file():
         return pd.DataFrame([not_built("npoe", TABLE_ID)])
-    t = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    t = t[t.trigger.isna() | (t.trigger == "")]
+    full = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if "encoder" not in full:
+        full["encoder"] = ""
+    encoders = list(dict.fromkeys(full.encoder))
+    main = encoders[0]  # the page's encoder; others are the base-size section's
+    t = full[(full.trigger.isna() | (full.trigger == "")) & (full.encoder == main)]
 
     def cell(ds, setting, method, m, paper, ours):
         return {"chapter": "npoe", "artefact": TABLE_ID,
@@ -140,6 +167,15 @@ def reproducibility_cells(tables_dir) -> pd.DataFrame:
     for (ds, setting, method), numbers in PAPER.items():  # paper cells this profile did not run
         if not ((t.dataset == ds) & (t.setting == setting) & (t.method == method)).any():
             rows += [cell(ds, setting, method, m, v, np.nan) for m, v in zip(("cacc", "asr"), numbers) if v is not None]
+    for enc in encoders:
+        for ds, setting in dict.fromkeys(zip(full.dataset, full.setting)):
+            v = verdict(full[full.encoder == enc], ds, setting)
+            if v is not None:
+                name = VERDICT_CELL.format(ds=ds, setting=setting) + (f" ({enc})" if enc != main else "")
+                rows.append({"chapter": "npoe", "artefact": TABLE_ID, "cell": name, "series": f"{TABLE_ID}:{name}",
+                             "paper": PAPER.get((ds, setting, "npoe"), (None, np.nan))[1], "ours": v["npoe_asr"],
+                             "verified": True, "built": True,
+                             "rule": "reproduced" if v["reproduced"] else "not reproduced"})
     return pd.DataFrame(rows)
 
 
@@ -240,13 +276,16 @@ def _lr(v: float) -> str:
 
 
 def scale_table(config: dict, fig_config: dict | None, seeds, onion_n_test, bki_n_score=None,
-                dpoe_config: dict | None = None) -> pd.DataFrame:
+                dpoe_config: dict | None = None, regimes=None) -> pd.DataFrame:
     """What this page ran against the paper's setting, knob by knob (``dpoe_config``: DPoE's run,
-    whose expert has its own learning rate)."""
+    whose expert has its own learning rate; ``regimes``: NPoE's candidate regimes)."""
     r = config["recipe"]
+    experts_lr = _lr(r["small_lr"]) if not regimes or len(regimes) == 1 else " or ".join(
+        f"{_lr(g['small_lr'])} ({g['name']}: experts {'trained' if g['train_experts'] else 'frozen'})"
+        for g in regimes) + ", by pseudo-dev"
     ours = {"encoder": config["encoder"] + (f" ({config['layers']} layers)" if config["layers"] else ""),
             "training sentences": config["n_train"] or "all", "epochs": r["epochs"], "max tokens": r["max_length"],
-            "lr (main)": _lr(r["lr"]), "lr (NPoE's experts, gate)": _lr(r["small_lr"]),
+            "lr (main)": _lr(r["lr"]), "lr (NPoE's experts, gate)": experts_lr,
             "lr (DPoE's expert)": _lr(dpoe_config["recipe"]["small_lr"]) if dpoe_config else "-",
             "expert pre-training (batches)": pretrain_batches(config) if "experts" in config else "-",
             "batch": r["batch_size"],
@@ -273,7 +312,8 @@ def selection_table(selections: dict) -> pd.DataFrame:
                  if rule == "paper" or all("code" in s for s in signals)}
         for k, (r, s) in enumerate(zip(candidates, signals)):
             code = s.get("code", {})
-            rows.append({"dataset": ds, "setting": setting, "seed": seed, "β": r.config["poe"]["beta"],
+            rows.append({"dataset": ds, "setting": setting, "seed": seed, "regime": regime_name(r.config),
+                         "β": r.config["poe"]["beta"],
                          "clean-small accuracy (%)": s["clean_small_acc"],
                          "code: detected rate": r3(code.get("detected_rate")),
                          "code: pseudo-ASR": r3(code.get("pseudo_asr")),
@@ -282,7 +322,16 @@ def selection_table(selections: dict) -> pd.DataFrame:
                          "code's pick": "✓" if picks.get("code") == k else "",
                          "paper's pick": "✓" if picks["paper"] == k else "",
                          "table's row": "✓" if k == chosen else ""})
-    return pd.DataFrame(rows).set_index(["dataset", "setting", "seed", "β"]) if rows else None
+    return pd.DataFrame(rows).set_index(["dataset", "setting", "seed", "regime", "β"]) if rows else None
+
+
+def regime_name(config: dict) -> str:
+    """An NPoE run's regime by name (:data:`config.REGIMES`), else its two settings."""
+    lr, trained = config["recipe"]["small_lr"], config["poe"]["train_experts"]
+    for name, r in REGIMES.items():
+        if r == {"small_lr": lr, "train_experts": trained}:
+            return name
+    return f"{_lr(lr)}, {'trained' if trained else 'frozen'}"
 
 
 def selection_text(table: pd.DataFrame) -> str:
@@ -293,13 +342,15 @@ def selection_text(table: pd.DataFrame) -> str:
     lo, hi = poe.DETECTED_WINDOW
     out = []
     for (ds, setting, seed), t in table.groupby(level=["dataset", "setting", "seed"], sort=False):
-        betas = t.index.get_level_values("β")
+        betas = [f"{b:g} in the {g} regime" for g, b in zip(t.index.get_level_values("regime"),
+                                                           t.index.get_level_values("β"))]
+        betas = pd.Index(betas)
         picks = {rule: betas[t[f"{rule}'s pick"] == "✓"] for rule in poe.PSEUDO_DEV_RULES if f"{rule}'s pick" in t}
         parts = []
         for rule, b in picks.items():
             d = t[f"{rule}: detected rate"]
             reached = ((d > lo) & (d < hi)).any()
-            parts.append(f"the {rule} rule picks β {b[0]:g}"
+            parts.append(f"the {rule} rule picks β {b[0]}"
                          + ("" if reached else f" (no candidate's detected rate reached ({lo:g}, {hi:g}): "
                                                f"its highest was {d.max():.3f}, so clean-small accuracy decided)"))
         same = len({b[0] for b in picks.values()}) == 1
@@ -395,7 +446,7 @@ def page_scale_table(grid) -> pd.DataFrame | None:
     p = profile(grid.profile)
     fig_config = next(iter(grid.figures.values()))[0] if grid.figures else None
     return scale_table(grid.config_of("npoe") or grid.table[0], fig_config, grid.seeds, p["onion_n_test"],
-                       p["bki_n_score"], grid.config_of("dpoe"))
+                       p["bki_n_score"], grid.config_of("dpoe"), grid.regimes)
 
 
 def page_glue(grid, res) -> dict:
@@ -410,11 +461,11 @@ def page_glue(grid, res) -> dict:
             "fig_n_train": fig_scale["n_train"] or "all", "fig_epochs": fig_scale["recipe"]["epochs"]}
 
 
-def tables_1_2(table: pd.DataFrame, runnable) -> list:
+def tables_1_2(table: pd.DataFrame, runnable, sd: pd.DataFrame | None = None) -> list:
     """Tables 1 and 2: each (dataset, setting) with its heading, as :func:`display_table`."""
     return [x for ds, setting in runnable
             for x in (f"**{ds}, {setting}** (the paper's Table {2 if setting == 'mix4' else 1})",
-                      display_table(table, ds, setting))]
+                      display_table(table, ds, setting, sd))]
 
 
 def pretraining_table(run) -> pd.DataFrame | None:
@@ -503,3 +554,54 @@ def summary_text(table: pd.DataFrame, runnable, n_runs: int, minutes: float) -> 
                  "they were trained (runs trained before per-run wall times were recorded count their training and "
                  "defense time only). They are cached (`.cache/runs/`): re-running the page retrains nothing that exists.")
     return "\n".join(lines)
+
+
+# issue 26: the differences table and the base-size section
+
+def differences_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The differences table as the page shows it: each row's CACC and ASR (mean ± sd over
+    seeds) and their change from its reference row (the authors' NPoE, or DPoE's)."""
+    ref = {"npoe": table.iloc[0], "dpoe": table[table.difference.str.contains("DPoE as the authors")].iloc[0]}
+    rows = []
+    for _, r in table.iterrows():
+        base = ref["dpoe"] if "DPoE" in r.difference and "NPoE" not in r.difference else ref["npoe"]
+        is_ref = r.difference.startswith("none") or r.difference.startswith("No defense")
+        rows.append({"difference (switched to ours before)": r.difference, "the authors' code": r.authors,
+                     "ours before": r.ours_before, "CACC": mean_std(r.cacc, r.cacc_sd, 3),
+                     "ASR": mean_std(r.asr, r.asr_sd, 3),
+                     "Δ CACC": "" if is_ref else f"{r.cacc - base.cacc:+.1f}",
+                     "Δ ASR": "" if is_ref else f"{r.asr - base.asr:+.1f}"})
+    return pd.DataFrame(rows).set_index("difference (switched to ours before)")
+
+
+def differences_text(n_train: int, by_rung: dict, table: pd.DataFrame, seeds: int) -> str:
+    """Markdown under the differences table: the training set the ladder chose, and which
+    difference moved NPoE (or DPoE) by more than the seeds' spread."""
+    rungs = ", ".join(f"{n:,} sentences: ASR {a:.1f} %, CACC {c:.1f} %" for n, (a, c) in by_rung.items())
+    ref = table.iloc[0]
+    moved = []
+    for _, r in table.iloc[1:].iterrows():
+        if r.difference.startswith(("none", "No defense")):
+            continue
+        base = table[table.difference.str.contains("DPoE as the authors")].iloc[0] if "DPoE" in r.difference else ref
+        noise = np.nanmax([r.asr_sd, base.asr_sd, 0.0])
+        if abs(r.asr - base.asr) > 2 * noise:
+            moved.append(f"{r.difference} ({r.asr - base.asr:+.1f} ASR points, {r.cacc - base.cacc:+.1f} CACC)")
+    text = (f"No defense on the ladder's rungs ({seeds} seeds each): {rungs}. The table ran on "
+            f"**{n_train:,}** training sentences. With every point as the authors' code, NPoE's ASR is "
+            f"{ref.asr:.1f} % at a CACC of {ref.cacc:.1f} %. ")
+    if moved:
+        text += "Switched back alone, these differences moved the ASR by more than twice the seeds' spread: "                 + "; ".join(moved) + "."
+    else:
+        text += "No difference, switched back alone, moved the ASR by more than twice the seeds' spread."
+    return text
+
+
+def verdict_text(v: dict | None, where: str) -> str:
+    """One sentence: the chapter's verdict rule applied to a table (``where``: its encoder and scale)."""
+    if v is None:
+        return f"{where}: no verdict (No defense, Benign or NPoE did not run)."
+    word = "**reproduced**" if v["reproduced"] else "**not reproduced**"
+    return (f"{where}: {word}. NPoE's ASR {v['npoe_asr']:.1f} % against half of No defense's "
+            f"({v['no_defense_asr'] / 2:.1f} %), its CACC {v['npoe_cacc']:.1f} % against Benign's "
+            f"{v['benign_cacc']:.1f} % less 3 points ({v['benign_cacc'] - VERDICT['cacc_points']:.1f} %).")
