@@ -51,3 +51,23 @@ def test_the_mpnet_section_and_the_verdict_are_written_down():
     assert mpnet.N_TRAIN_LADDER == plan["n_train_ladder"]
     assert (mpnet.BUDGET_MINUTES, mpnet.COST_FACTOR) == (plan["budget_minutes"], plan["cost_factor"])
     assert npoe_paper.VERDICT == PLAN["verdict"]
+
+
+def test_the_base_size_section_sizes_its_training_set_from_a_measured_step(tmp_path):
+    from moebackdoor.runcache import RunCache
+
+    # the rule: the largest rung whose four methods' estimated minutes fit the budget
+    assert mpnet.estimated_minutes(2000, 1.5) == pytest.approx(6.5 * 1.5 * 2 * 125 / 60)
+    assert [mpnet.choose_n_train(s) for s in (0.2, 0.6, 1.5, 3.0, 60.0)] == [6920, 4000, 2000, 1000, 1000]
+    with pytest.raises(Exception, match="seconds_per_batch"):
+        mpnet.choose_n_train(0)
+    # a measurement is a run of its own (cached); MiniLM here, so that the test stays small
+    config = mpnet.timing_config("smoke", "minilm-l6") | {"batches": 2}
+    run, = RunCache(tmp_path).sweep([config], mpnet.measure, desc="timing")
+    assert 0 < run.metrics["seconds_per_batch"] < 60
+    grid = experiment.npoe_grid("quick", **mpnet.mpnet_grid_args("quick", 2000))
+    assert [c["method"] for c in grid.table] == mpnet.METHODS and {c["encoder"] for c in grid.table} == {"mpnet-base"}
+    npoe = grid.config_of("npoe")
+    assert len(grid.regimes) == 1 and grid.parameters["regime"] == "as given"
+    assert (npoe["poe"]["beta"], npoe["recipe"]["small_lr"], npoe["poe"]["train_experts"]) == (1.0, 5e-4, True)
+    assert list(grid.candidates.values()) == [[npoe]] and grid.config_of("dpoe")["experts"]["layers"] == 3

@@ -157,7 +157,8 @@ def npoe_grid(profile: str, datasets=None, settings=None, methods=ALL_METHODS, m
     names = p["regimes"] if regime is None else [check_choice("regime", regime, REGIMES)]
     regimes = []
     for name in names:
-        r = {"name": name, **REGIMES[name]} | given(small_lr=small_lr, train_experts=train_experts)
+        fixed = given(small_lr=small_lr, train_experts=train_experts)
+        r = {"name": "as given" if len(fixed) == 2 else name, **REGIMES[name]} | fixed
         if not any(r["small_lr"] == q["small_lr"] and r["train_experts"] == q["train_experts"] for q in regimes):
             regimes.append(r)
     # DPoE's shallow model: the profile's (the authors' at quick and paper) unless given
