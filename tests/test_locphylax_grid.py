@@ -9,13 +9,15 @@ from moebackdoor.params import ParameterError
 from moebackdoor.runcache import RunCache, config_hash
 from moebackdoor.llm import config as cfg
 from moebackdoor.llm import locphylax_paper
-from moebackdoor.llm.grid import LocphylaxGrid, locphylax_grid
+from moebackdoor.llm.grid import OURS_BEFORE, LocphylaxGrid, locphylax_grid
 
 SNAPSHOT = json.loads((Path(__file__).parent / "data" / "locphylax_cache_keys.json").read_text())
 
 
 def grid_of(parameters: dict) -> LocphylaxGrid:
-    parameters = dict(parameters)
+    """The page as it ran before issue 27's defaults (one seed, the answer's end state, random
+    stage-1 batches), with ``parameters`` on top."""
+    parameters = dict(OURS_BEFORE, seeds=[parameters.get("seed", 0)]) | dict(parameters)
     return locphylax_grid(parameters.pop("profile"), **parameters)
 
 
@@ -111,12 +113,17 @@ def test_one_sweep_trains_what_each_run_needs_first(tmp_path):
 
 def test_the_grid_at_quick_gives_crow_and_the_ablations_to_badnet_only():
     grid = locphylax_grid("quick")
+    seeds = {m: 3 if m in ("no_defense", "locphylax", "clean_finetune") else 1 for m in cfg.METHODS}
     by_attack = {a: [c["method"] for c in grid.main if c["attack"] == a] for a in ("badnet", "vpi")}
-    assert by_attack["badnet"] == list(cfg.METHODS) and by_attack["vpi"] == list(cfg.CORE_METHODS)
+    assert by_attack["badnet"] == [m for m in cfg.METHODS for _ in range(seeds[m])]
+    assert by_attack["vpi"] == [m for m in cfg.CORE_METHODS for _ in range(seeds[m])]
     assert [c["attack"] for c in grid.floor] == ["badnet", "vpi"] and all(c["method"] == "clean_model" for c in grid.floor)
     assert [c["eval_template"] for c in grid.mismatch] == ["raw", "raw"]
-    assert grid.aggregation == [cfg.analysis_config("aggregation", grid.main[1])]  # badnet's Locphylax, seed 0
-    assert grid.asr_steps == grid.main and grid.seeds == [0] and grid.parameters["tasks"] == ["sst2"]
+    assert grid.aggregation == [cfg.analysis_config("aggregation", grid.main[3])]  # badnet's Locphylax, seed 0
+    assert grid.asr_steps == [c for c in grid.main if c["seed"] == 0]
+    assert grid.seeds == [0, 1, 2] and grid.parameters["tasks"] == ["sst2"]
+    d = grid.defense  # issue 27's configuration: the answer-producing state, stratified stage-1 batches
+    assert (d["cluster_token"], d["stage1_batches"]) == ("prompt_end", "stratified") and "stage1_steps" not in d
     assert grid.defense["n_clean"] == 100 and locphylax_paper.figure_attack(grid) == "badnet"
 
 

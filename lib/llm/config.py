@@ -51,7 +51,7 @@ AGGREGATION_STATES = ("prompt_end", "clustered")
 
 PROFILES = {
     # every code path in about a minute; numbers are not meaningful
-    "smoke": {"model": models.DEFAULT_MODEL, "layers": 2, "tasks": ["sst2"], "attacks": ["badnet"],
+    "smoke": {"model": models.DEFAULT_MODEL, "layers": 2, "tasks": ["sst2"], "attacks": ["badnet"], "seeds": (0,),
               "full_attacks": ["badnet"],
               "n_poison": 8, "n_clean": 8, "recipe": dict(epochs=1, batch_size=8, lr=2e-4, max_length=96),
               "n_test": 8, "defense": dict(n_clean=8, n_known=4, n_val=4, stage1_max_epochs=1, stage2_max_epochs=2,
@@ -59,7 +59,7 @@ PROFILES = {
               "figure_n": 6, "track_every": 2},
     # this 2-core CPU: SmolLM2-135M, SST-2, two attacks, a part of the training sets, 2 epochs
     "quick": {"model": models.DEFAULT_MODEL, "layers": None, "tasks": ["sst2"], "attacks": ["badnet", "vpi"],
-              "full_attacks": ["badnet"],
+              "full_attacks": ["badnet"], "seeds": (0, 1, 2),
               "n_poison": 150, "n_clean": 150, "recipe": dict(epochs=2, batch_size=8, lr=2e-4, max_length=256),
               "n_test": None, "defense": dict(n_clean=100, n_known=60, n_val=24, stage1_max_epochs=4, stage2_max_epochs=3,
                                               lr=2e-4),
@@ -67,6 +67,7 @@ PROFILES = {
     # the paper's scale, for a GPU: a 7-8B instruct model, BackdoorLLM's full sets and recipe
     "paper": {"model": "meta-llama/Meta-Llama-3-8B-Instruct", "layers": None,
               "tasks": ["sst2", "refusal", "negsentiment"], "attacks": list(data.ATTACKS), "full_attacks": None,
+              "seeds": (0, 1, 2),
               "n_poison": None, "n_clean": None, "recipe": dict(epochs=5, batch_size=8, lr=2e-4, max_length=512),
               "n_test": None, "defense": dict(n_clean=200, n_known=100, n_val=50, stage1_max_epochs=5,
                                               stage2_max_epochs=5, lr=2e-4),

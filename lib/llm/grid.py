@@ -32,6 +32,11 @@ from .training import HIDDEN_POSITIONS
 from .triggers import Trigger
 
 CLUSTER_STATES = ("unit", "raw")  # the clustering loss on unit-length final states, or raw ones
+# the methods that run every seed of the profile (notebooks/locphylax.config.yaml); the others its first
+SEEDED_METHODS = ("no_defense", "locphylax", "clean_finetune")
+# the page before issue 27's configuration: the clustering loss on the answer's end state, stage 1
+# in random batches (each one parameter; with ``seeds=[seed]`` the cache keys are those of before)
+OURS_BEFORE = dict(cluster_token="answer_end", stage1_batches="random")
 
 
 @dataclass
@@ -82,9 +87,9 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
                    full_attacks=None, template: str = "chat", mismatch_template: str | None = "raw", model=None,
                    n_poison=None, epochs=None, attack_finetune: str = "lora", defense_finetune: str = "lora",
                    known_triggers=None, known_targets: str = "answers", cluster_states: str = "unit",
-                   cluster_token: str = "answer_end", sparsity: float = 0.5, figures=FIGURES, seed: int = 0,
+                   cluster_token: str = "prompt_end", sparsity: float = 0.5, figures=FIGURES, seed: int = 0,
                    seeds=None, executor=None, force: bool = False, answer_tokens=None,
-                   stage1_batches: str = "random", stage1_steps=None,
+                   stage1_batches: str = "stratified", stage1_steps=None,
                    aggregation_state: str = "prompt_end") -> LocphylaxGrid:
     """The page's runs for its parameters (``notebooks/locphylax.md`` says what each accepts),
     every parameter checked first.
@@ -109,9 +114,13 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
     check_fraction("sparsity", sparsity)
     figures = check_choices("figures", figures, FIGURES) if figures else []
     check_int("seed", seed)
-    seeds = check_list("seeds", seeds, check_int) or [seed]
+    given_seeds = check_list("seeds", seeds, check_int)
+    # seeds None: the profile's seeds (offset by ``seed``) for the methods written down for
+    # several (SEEDED_METHODS), ``seed`` alone for the others; a list: every method at each
+    seeds = given_seeds or [seed + s for s in prof["seeds"]]
     if len(set(seeds)) != len(seeds):
         raise ParameterError("seeds", "distinct integers", seeds)
+    seeds_of = (lambda m: seeds) if given_seeds else (lambda m: seeds if m in SEEDED_METHODS else seeds[:1])
     check_bool("force", force)
     check_choice("executor", executor, [None, *EXECUTORS])
     check_choice("cluster_states", cluster_states, list(CLUSTER_STATES))
@@ -141,7 +150,7 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
     main = [run_config(profile_name, task, attack, m, s, template,
                        defense_params=defense_params if m != "no_defense" else None, **overrides)
             for task in tasks for attack in attacks for m in methods if full(attack) or m in CORE_METHODS
-            for s in seeds]
+            for s in seeds_of(m)]
     seed = seeds[0]  # the floor, the template check and the figures use the first seed
     pairs = [(task, attack) for task in tasks for attack in attacks]
     floor = [run_config(profile_name, task, attack, "clean_model", seed, template, **overrides) for task, attack in pairs]

@@ -196,6 +196,22 @@ def guesses_table(settings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=GUESS_COLUMNS)
 
 
+GUESS_NAMES = {"cluster_token": "the clustered state", "stage1_batches": "stage-1 batches",
+               "stage1_steps": "stage 1's length"}
+
+
+def guesses_view(table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The guesses table as the page shows it: per guess and setting, Locphylax's ASR with its
+    95 % interval, CACC and steps, and clean fine-tuning's ASR at the same steps beside it."""
+    fmt = lambda r: f"{r.asr:.1f} [{r.asr_lo:.1f}, {r.asr_hi:.1f}]" if not pd.isna(r.asr_lo) else f"{r.asr:.1f}"
+    out = pd.DataFrame({"guess": [GUESS_NAMES.get(g, g) for g in table.guess], "setting": table.setting,
+                        "Locphylax ASR [95 %]": [fmt(r) for r in table.itertuples()],
+                        "CACC": [f"{v:.1f}" for v in table.cacc], "steps": [f"{v:.0f}" for v in table.steps]})
+    if baseline is not None and len(baseline) == len(table):
+        out["clean fine-tuning ASR [95 %]"] = [fmt(r) for r in baseline.itertuples()]
+    return out.set_index(["guess", "setting"])
+
+
 def asr_steps_table(runs) -> pd.DataFrame:
     rows = [dict(attack=attack_name(r.config["attack"]), method=r.config["method"], **x)
             for r in runs for x in r.metrics.get("asr_track", [])]
