@@ -1,7 +1,8 @@
 """Chapter 3's page as one experiment: :func:`npoe_grid` checks every parameter of the page and
 builds every configuration it runs, by role; :func:`npoe_results` runs them (one sweep for all
-that is known up front, their pre-trained experts and No defense models first, then NPoE at the
-β its pseudo-dev rule chooses) and returns the runs by role and the tables the page shows.
+that is known up front, their pre-trained experts and No defense models first, then NPoE in the
+regime and at the β its pseudo-dev rule chooses, and the figures in that regime) and returns the
+runs by role and the tables the page shows.
 
 >>> grid = npoe_grid("smoke", methods=["no_defense", "npoe"], figures=[])
 >>> [c["method"] for c in grid.table], list(grid.candidates)
@@ -114,13 +115,17 @@ def npoe_grid(profile: str, datasets=None, settings=None, methods=ALL_METHODS, m
     any work) and build every configuration the page runs. The parameters are the page's
     (``notebooks/npoe.md``); None takes the profile's value.
 
-    Issue 26's differences from the authors' code, each one parameter (the default is ours
-    before, so that every cached run keeps its key; :data:`differences.DIFFERENCES` names the authors'
-    value): NPoE's ``pretrain_schedule``, ``pretrain_labels``, ``pretrain_source`` (the experts'
-    pre-training), ``expert_mode`` (NPoE's and DPoE's experts and gate with or without dropout),
-    ``freeze_main_iters`` (NPoE), the learning rates ``lr`` (every trained method's main model),
-    ``small_lr`` (NPoE's experts and gate) and ``dpoe_small_lr``, and DPoE's shallow model,
-    ``dpoe_layers`` and ``dpoe_rdrop_alpha`` (None: ``rdrop_alpha``)."""
+    The six points on which the chapter first differed from the authors' code are each one
+    parameter, whose default is the authors' choice (``notebooks/npoe.config.yaml``;
+    :data:`differences.DIFFERENCES`, and :func:`differences.ours_before` for the values of
+    before): NPoE's ``pretrain_schedule``, ``pretrain_epochs``, ``pretrain_labels``,
+    ``pretrain_source`` (the experts' pre-training), ``expert_mode`` (NPoE's and DPoE's experts and
+    gate with or without dropout), ``freeze_main_iters`` (NPoE), the learning rates ``lr`` (every
+    trained method's main model) and ``dpoe_small_lr``, and DPoE's shallow model, ``dpoe_layers``
+    and ``dpoe_rdrop_alpha`` (None: the profile's). NPoE's ``regime`` (:data:`config.REGIMES`:
+    the experts' rate ``small_lr`` and whether they train jointly, ``train_experts``) is chosen
+    with β by the pseudo-dev rule among the profile's regimes unless named; ``small_lr`` and
+    ``train_experts`` given by hand hold in every regime."""
     p = profile_settings(profile)
     datasets = p["datasets"] if datasets is None else check_choices("datasets", datasets, DATASETS)
     settings = p["settings"] if settings is None else check_choices("settings", settings, SETTINGS)
