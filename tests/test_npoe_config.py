@@ -71,3 +71,26 @@ def test_the_base_size_section_sizes_its_training_set_from_a_measured_step(tmp_p
     assert len(grid.regimes) == 1 and grid.parameters["regime"] == "as given"
     assert (npoe["poe"]["beta"], npoe["recipe"]["small_lr"], npoe["poe"]["train_experts"]) == (1.0, 5e-4, True)
     assert list(grid.candidates.values()) == [[npoe]] and grid.config_of("dpoe")["experts"]["layers"] == 3
+
+
+class _Run:
+    def __init__(self, cacc, asr):
+        self.metrics = {"cacc": cacc, "asr": asr}
+
+
+def test_the_differences_table_by_hand():
+    rows = {"authors_npoe": [_Run(80, 40), _Run(82, 44), _Run(84, 42)],
+            "expert_mode": [_Run(80, 70), _Run(80, 72), _Run(80, 74)],
+            "authors_dpoe": [_Run(85, 60), _Run(85, 60), _Run(85, 60)],
+            "dpoe_shallow": [_Run(86, 61), _Run(84, 61), _Run(85, 61)],
+            "no_defense": [_Run(85, 90), _Run(85, 90), _Run(85, 90)]}
+    t = differences.differences_table(rows)
+    assert list(t.columns) == ["difference", "authors", "ours_before", "cacc", "asr", "cacc_sd", "asr_sd"]
+    assert t.loc[0, ["cacc", "asr", "cacc_sd", "asr_sd"]].tolist() == [82.0, 42.0, 2.0, 2.0]  # sample sd
+    assert t.difference.tolist()[0] == "none: NPoE as the authors' code"
+    assert t.loc[1, "authors"] == differences.DIFFERENCES["expert_mode"]["authors_text"]
+    view = npoe_paper.differences_view(t)
+    assert view["Δ ASR"].tolist() == ["", "+30.0", "", "+1.0", ""] and view["CACC"].iloc[0] == "82.0 ± 2.0"
+    text = npoe_paper.differences_text(6920, {3000: (64.7, 82.6), 6920: (84.2, 84.9)}, t, 3)
+    assert "**6,920**" in text and "dropout in the experts and the gate (+30.0 ASR points" in text
+    assert "DPoE's shallow model (+1.0 ASR points" in text  # no spread at all: any change counts
