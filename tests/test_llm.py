@@ -572,3 +572,32 @@ def test_wilson_interval_and_attack_counts_by_hand():
     assert np.isnan(judge.wilson_interval(0, 0)[0])
     assert judge.attack_counts("sst2", ["Negative", "Positive", "Negative"], ["Positive", "Positive", "Negative"]) == (1, 2)
     assert judge.attack_counts("refusal", ["", "sorry", "ok"]) == (1, 2)
+
+
+def test_layerwise_wanda_measures_each_layers_inputs_after_pruning_the_layers_before():
+    import copy
+
+    batches = [{"input_ids": tiny_batch()["input_ids"], "attention_mask": tiny_batch()["attention_mask"]}]
+    model = tiny_lm()
+    layers = pruning.decoder_layers(model)
+    assert len(layers) == 2 and all(n.startswith("layers.0.") for n in layers[0])
+    # by hand: layer 0 from the unpruned model's inputs, layer 1 from inputs after layer 0's pruning
+    by_hand = copy.deepcopy(model)
+    hand_layers = pruning.decoder_layers(by_hand)
+    norms0 = pruning.input_norms(by_hand, batches, hand_layers[0])
+    for name, m in hand_layers[0].items():
+        pruning._wanda(m.weight, norms0[name], 0.5)
+    norms1 = pruning.input_norms(by_hand, batches, hand_layers[1])
+    out = pruning.prune(model, 0.5, "wanda_layerwise", batches)
+    assert out["zero_fraction"] == pytest.approx(0.5, abs=0.01)
+    for (name, m), (_, h) in zip(layers[0].items(), hand_layers[0].items()):
+        assert torch.equal(m.weight, h.weight), name
+    for name, m in layers[1].items():
+        expected = copy.deepcopy(dict(pruning.decoder_layers(by_hand)[1])[name].weight)
+        pruning._wanda(expected, norms1[name], 0.5)
+        assert torch.equal(m.weight, expected), name
+    # one-shot Wanda measures layer 1 on the unpruned model: a different mask here
+    one_shot = tiny_lm()
+    pruning.prune(one_shot, 0.5, "wanda", batches)
+    assert any(not torch.equal(a.weight, b.weight) for a, b in
+               zip(pruning.decoder_layers(one_shot)[1].values(), layers[1].values()))

@@ -19,7 +19,12 @@ def test_the_defaults_and_seeds_are_written_down():
     assert list(grid_module.SEEDED_METHODS) == PLAN["main"]["three_seed_methods"]
     one = [m for m in cfg.METHODS if m not in grid_module.SEEDED_METHODS]
     assert one == PLAN["main"]["one_seed_methods"]
-    assert grid_module.OURS_BEFORE == {k: v["today"] for k, v in PLAN["guesses"]["rows"].items() if v["today"]}
+    assert grid_module.OURS_BEFORE == {k: v["today"] for k, v in PLAN["guesses"]["rows"].items() if v["today"]} | {
+        "pruning": PLAN["baselines"]["pruning_before"]}
+    assert GRID["pruning"].default == PLAN["baselines"]["pruning"]
+    pruned = locphylax_grid("quick", methods=["no_defense", "locphylax", "pruning"], figures=[]).main
+    assert [c["defense"]["prune"] for c in pruned if c["method"] == "pruning"] == ["wanda_layerwise"] * 2
+    assert {c["defense"]["prune"] for c in pruned if c["method"] == "locphylax"} == {"wanda"}  # unused, key kept
 
 
 def test_the_guesses_rows_are_written_down():

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..executors import EXECUTORS
 from ..params import ParameterError, check_bool, check_choice, check_choices, check_fraction, check_int, check_list
 from ..pretrained import OFFLINE_LMS, check_model_name
-from . import data, models
+from . import data, models, pruning as prune_kinds
 from .config import (AGGREGATION_STATES, CORE_METHODS, KNOWN_TARGETS, METHODS, METHODS_ALL, STAGE1_BATCHES,
                      analysis_config, check_attack, profile, run_config)
 from .locphylax_paper import FIGURES
@@ -36,7 +36,7 @@ CLUSTER_STATES = ("unit", "raw")  # the clustering loss on unit-length final sta
 SEEDED_METHODS = ("no_defense", "locphylax", "clean_finetune")
 # the page before issue 27's configuration: the clustering loss on the answer's end state, stage 1
 # in random batches (each one parameter; with ``seeds=[seed]`` the cache keys are those of before)
-OURS_BEFORE = dict(cluster_token="answer_end", stage1_batches="random")
+OURS_BEFORE = dict(cluster_token="answer_end", stage1_batches="random", pruning="wanda")
 
 
 @dataclass
@@ -90,7 +90,7 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
                    cluster_token: str = "prompt_end", sparsity: float = 0.5, figures=FIGURES, seed: int = 0,
                    seeds=None, executor=None, force: bool = False, answer_tokens=None,
                    stage1_batches: str = "stratified", stage1_steps=None,
-                   aggregation_state: str = "prompt_end") -> LocphylaxGrid:
+                   aggregation_state: str = "prompt_end", pruning: str = "wanda_layerwise") -> LocphylaxGrid:
     """The page's runs for its parameters (``notebooks/locphylax.md`` says what each accepts),
     every parameter checked first.
 
@@ -99,7 +99,9 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
     ``evaluation.ANSWER_TOKENS``); ``stage1_batches``, ``"random"`` or ``"stratified"`` (each stage-1
     batch holds clean, t1 and t2 rows); ``stage1_steps``, stage 1 run for exactly this many steps
     instead of its stopping rule (None; the budgeted baselines follow Locphylax's total);
-    ``aggregation_state``, the aggregation figure's states (``config.AGGREGATION_STATES``)."""
+    ``aggregation_state``, the aggregation figure's states (``config.AGGREGATION_STATES``);
+    ``pruning``, the pruning baseline's kind (:data:`pruning.KINDS`: ``"wanda_layerwise"``, as
+    locuslab/wanda's ``prune_wanda``; ``"wanda"``, every layer measured on the unpruned model)."""
     prof = profile(profile_name)
     tasks = prof["tasks"] if tasks is None else check_choices("tasks", tasks, data.TASKS)
     attacks = prof["attacks"] if attacks is None else check_choices("attacks", attacks, data.ATTACKS)
@@ -129,6 +131,7 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
     check_choice("defense_finetune", defense_finetune, models.FINETUNE)
     check_choice("stage1_batches", stage1_batches, list(STAGE1_BATCHES))
     check_choice("aggregation_state", aggregation_state, list(AGGREGATION_STATES))
+    check_choice("pruning", pruning, list(prune_kinds.KINDS))
     if stage1_steps is not None:
         check_int("stage1_steps", stage1_steps, 1)
     if answer_tokens is not None:
@@ -147,8 +150,9 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
     def full(attack) -> bool:  # does this attack get every method?
         return full_attacks is None or not isinstance(attack, str) or attack in full_attacks
 
+    params_of = {"no_defense": None, "pruning": defense_params | {"prune": pruning}}
     main = [run_config(profile_name, task, attack, m, s, template,
-                       defense_params=defense_params if m != "no_defense" else None, **overrides)
+                       defense_params=params_of.get(m, defense_params), **overrides)
             for task in tasks for attack in attacks for m in methods if full(attack) or m in CORE_METHODS
             for s in seeds_of(m)]
     seed = seeds[0]  # the floor, the template check and the figures use the first seed
@@ -164,7 +168,7 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
                       known_triggers=known_triggers, known_targets=known_targets, cluster_states=cluster_states,
                       cluster_token=cluster_token, sparsity=sparsity, figures=figures, seed=seed, seeds=seeds,
                       executor=executor, force=force, answer_tokens=answer_tokens, stage1_batches=stage1_batches,
-                      stage1_steps=stage1_steps, aggregation_state=aggregation_state)
+                      stage1_steps=stage1_steps, aggregation_state=aggregation_state, pruning=pruning)
     grid = LocphylaxGrid(parameters, main, floor, mismatch)
     loc = grid.locphylax
     for kind, figure in (("aggregation", "locphylax-fig-aggregation"),

@@ -2,7 +2,11 @@
 
 - ``magnitude``: in each linear layer, the weights of smallest ``|W|`` are set to 0;
 - ``wanda`` (Sun et al., 2024): score ``|W_ij| * ||X_j||_2``, ``X_j`` the layer's j-th input over
-  the calibration tokens (clean text), and each output row loses its lowest-scoring weights.
+  the calibration tokens (clean text), and each output row loses its lowest-scoring weights; the
+  inputs of every layer measured once, on the unpruned model;
+- ``wanda_layerwise``: the same score, decoder layer by decoder layer as locuslab/wanda's
+  ``prune_wanda``: each layer's inputs are measured with the layers before it already pruned
+  (the layer's own linears all measured before any of them is pruned).
 
 ``sparsity`` (default 0.5) is the share of each layer's weights removed. The LM head and
 embeddings are kept.
@@ -15,7 +19,7 @@ from torch import nn
 from ..params import ParameterError, check_fraction
 from .training import causal_lm
 
-KINDS = ("wanda", "magnitude")
+KINDS = ("wanda", "wanda_layerwise", "magnitude")
 
 
 def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -23,10 +27,21 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in lm.model.named_modules() if isinstance(m, nn.Linear)}
 
 
+def decoder_layers(model: nn.Module) -> list[dict[str, nn.Linear]]:
+    """The decoder linear layers grouped by decoder layer, in order (``model.layers.<i>.``)."""
+    groups: dict[int, dict[str, nn.Linear]] = {}
+    for name, m in decoder_linears(model).items():
+        parts = name.split(".")
+        i = int(parts[parts.index("layers") + 1])
+        groups.setdefault(i, {})[name] = m
+    return [groups[i] for i in sorted(groups)]
+
+
 @torch.no_grad()
-def input_norms(model: nn.Module, batches) -> dict[str, torch.Tensor]:
-    """``||X_j||_2`` of each decoder linear layer's inputs over the non-padding calibration tokens."""
-    linears = decoder_linears(model)
+def input_norms(model: nn.Module, batches, linears: dict[str, nn.Linear] | None = None) -> dict[str, torch.Tensor]:
+    """``||X_j||_2`` of each decoder linear layer's inputs (or of ``linears``) over the non-padding
+    calibration tokens."""
+    linears = decoder_linears(model) if linears is None else linears
     sq = {n: torch.zeros(m.in_features) for n, m in linears.items()}
     mask_box = {}
 
@@ -55,18 +70,21 @@ def prune(model: nn.Module, sparsity: float = 0.5, kind: str = "wanda", batches=
     check_fraction("sparsity", sparsity)
     if kind not in KINDS:
         raise ParameterError("pruning kind", f"one of {list(KINDS)}", kind)
-    if kind == "wanda" and batches is None:
+    if kind.startswith("wanda") and batches is None:
         raise ValueError("Wanda needs calibration batches")
-    norms = input_norms(model, batches) if kind == "wanda" else None
     removed, total = 0, 0
+    if kind == "wanda_layerwise":  # measure a layer's inputs, prune it, then the next
+        for layer in decoder_layers(model):
+            norms = input_norms(model, batches, layer)
+            for name, m in layer.items():
+                _wanda(m.weight, norms[name], sparsity)
+                removed, total = removed + int((m.weight == 0).sum()), total + m.weight.numel()
+        return {"kind": kind, "sparsity": sparsity, "zero_fraction": removed / max(1, total)}
+    norms = input_norms(model, batches) if kind == "wanda" else None
     for name, m in decoder_linears(model).items():
         w = m.weight
         if kind == "wanda":
-            score = w.abs().float() * norms[name].to(w.device)[None, :]
-            k = int(w.shape[1] * sparsity)
-            if k:
-                idx = torch.topk(score, k, dim=1, largest=False).indices
-                w.scatter_(1, idx, 0.0)
+            _wanda(w, norms[name], sparsity)
         else:
             k = int(w.numel() * sparsity)
             if k:
@@ -75,3 +93,13 @@ def prune(model: nn.Module, sparsity: float = 0.5, kind: str = "wanda", batches=
         removed += int((w == 0).sum())
         total += w.numel()
     return {"kind": kind, "sparsity": sparsity, "zero_fraction": removed / max(1, total)}
+
+
+@torch.no_grad()
+def _wanda(w: torch.Tensor, norm: torch.Tensor, sparsity: float) -> None:
+    """Zero each output row's ``sparsity`` share of weights of lowest ``|W_ij| * ||X_j||``, in place."""
+    score = w.abs().float() * norm.to(w.device)[None, :]
+    k = int(w.shape[1] * sparsity)
+    if k:
+        idx = torch.topk(score, k, dim=1, largest=False).indices
+        w.scatter_(1, idx, 0.0)
