@@ -62,7 +62,7 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
 
     # the summary pages: reproducibility report, landing page, references, downloads
     report = pd.read_csv(tables / "reproducibility.csv")
-    assert list(report.columns) == ["chapter", "artefact", "cell", "paper", "ours", "verdict"]
+    assert list(report.columns) == ["chapter", "artefact", "cell", "paper", "ours", "verdict", "rule"]
     assert set(report.chapter) == {"pmoe_attacks", "pmoe_routing_pruning", "npoe", "locphylax"}
     loc = report[report.chapter == "locphylax"]  # the abstract's headline: a verified number
     assert len(loc) == 1 and loc.paper.iloc[0] == 4.41
@@ -70,7 +70,8 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
     html_dir = site / "_build" / "html"
     intro = (html_dir / "chapters" / "intro.html").read_text()
     assert intro.count("<td>smoke</td>") == len(book.chapter_sources())  # each chapter's profile in the table
-    assert intro.count("not judged (built at smoke)") == 3  # a line per paper, glued from the report
+    # a line per paper and one per chapter, glued from the report
+    assert intro.count("not judged (built at smoke)") == 3 + len(book.chapter_sources())
     assert "executablebooks/jupyter-book" not in intro and "repository-button" not in intro  # no address set: no link
     for page in ("pmoe_attacks", "locphylax", "intro", "reproducibility"):  # a banner under each title
         text = (html_dir / "chapters" / f"{page}.html").read_text()
