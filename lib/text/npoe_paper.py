@@ -587,7 +587,7 @@ def differences_text(n_train: int, by_rung: dict, table: pd.DataFrame, seeds: in
         noise = np.nanmax([r.asr_sd, base.asr_sd, 0.0])
         if abs(r.asr - base.asr) > 2 * noise:
             moved.append(f"{r.difference} ({r.asr - base.asr:+.1f} ASR points, {r.cacc - base.cacc:+.1f} CACC)")
-    text = (f"No defense on the ladder's rungs ({seeds} seeds each): {rungs}. The table ran on "
+    text = (f"No defense on the ladder's rungs ({seeds} seed{'s' if seeds != 1 else ''} each): {rungs}. The table ran on "
             f"**{n_train:,}** training sentences. With every point as the authors' code, NPoE's ASR is "
             f"{ref.asr:.1f} % at a CACC of {ref.cacc:.1f} %. ")
     if moved:
