@@ -546,10 +546,9 @@ def test_the_guesses_options_keep_todays_keys_at_their_defaults():
 def test_the_grid_passes_the_guesses_options_and_the_budget_follows_them():
     from moebackdoor.llm.grid import locphylax_grid
 
-    assert locphylax_grid("quick").main == locphylax_grid("quick", stage1_batches="random", stage1_steps=None,
-                                                          answer_tokens=None).main
-    grid = locphylax_grid("quick", stage1_batches="stratified", stage1_steps=120, answer_tokens=12,
-                          aggregation_state="clustered")
+    assert locphylax_grid("quick").main == locphylax_grid("quick", stage1_batches="stratified", stage1_steps=None,
+                                                          answer_tokens=None).main  # the defaults
+    grid = locphylax_grid("quick", stage1_steps=120, answer_tokens=12, aggregation_state="clustered")
     loc = grid.locphylax
     assert loc["defense"]["stage1_steps"] == 120 and loc["defense"]["stage1_batches"] == "stratified"
     assert all(c["answer_tokens"] == 12 for c in grid.main + grid.floor + grid.mismatch)

@@ -132,7 +132,7 @@ def test_claims_are_computed_from_our_numbers():
 def test_selection_table_marks_each_rules_pick_and_the_tables_row():
     class R:
         def __init__(self, beta, acc, code_d, code_pasr, paper_d):
-            self.config = {"poe": {"beta": beta}}
+            self.config = {"poe": {"beta": beta, "train_experts": True}, "recipe": {"small_lr": 2e-5}}  # "example"
             self.metrics = {"pseudo_dev": {"clean_small_acc": acc, "detected_rate": paper_d, "pseudo_asr": 0.0,
                                            "code": {"detected_rate": code_d, "pseudo_asr": code_pasr}}}
     # code: beta 4 is good (82 > 80, 0.4 in the window); paper: none passes 85, the most accurate (beta 8, 84)
@@ -142,7 +142,9 @@ def test_selection_table_marks_each_rules_pick_and_the_tables_row():
     assert t["table's row"].tolist() == ["", "✓", ""]
     assert np.isnan(t["code: pseudo-ASR"].iloc[2])
     text = npoe_paper.selection_text(t)
-    assert "the code rule picks β 4;" in text and "the paper rule picks β 8 (no candidate's detected rate" in text
+    assert "the code rule picks β 4 in the example regime;" in text
+    assert "the paper rule picks β 8 in the example regime (no candidate's detected rate" in text
+    assert t.index.names == ["dataset", "setting", "seed", "regime", "β"]
     assert "its highest was 0.100" in text and "agree" not in text
 
 
@@ -213,8 +215,10 @@ def test_pretrained_experts_are_cached_runs_shared_across_beta_and_reloaded_exac
     assert keys == [expert_config(with_beta(config, 4.0), j) for j in range(len(keys))]
     assert expert_config(run_config("smoke", "sst2", "mix4", "npoe", expert_params={"layers": 2}), 0) != keys[0]
     assert [k["trigger"] for k in keys] == list(EXPERT_ORDER)
-    # quick pre-trains to the authors' 800-batch cap; smoke for its one epoch over 32 sentences
-    assert pretrain_batches(run_config("quick", "sst2", "mix3", "npoe")) == 800
+    # quick pre-trains for the authors' one epoch over 100 sentences (7 batches of 16), at most
+    # 800 (their cap; ours before ran to it); smoke for its one epoch over 32 sentences
+    assert pretrain_batches(run_config("quick", "sst2", "mix3", "npoe")) == 7
+    assert pretrain_batches(run_config("quick", "sst2", "mix3", "npoe", expert_params={"pretrain_epochs": 200})) == 800
     assert pretrain_batches(config) == 2 == config["experts"]["pretrain_steps"]
     assert pretrain_batches(run_config("quick", "sst2", "mix3", "dpoe")) == 0
     cache = RunCache()  # the experts are the runs an NPoE run requires, trained by the same sweep
