@@ -37,10 +37,16 @@ def decoder_layers(model: nn.Module) -> list[dict[str, nn.Linear]]:
     return [groups[i] for i in sorted(groups)]
 
 
+class _Measured(Exception):
+    """Raised to end a calibration pass once its layer is measured."""
+
+
 @torch.no_grad()
-def input_norms(model: nn.Module, batches, linears: dict[str, nn.Linear] | None = None) -> dict[str, torch.Tensor]:
+def input_norms(model: nn.Module, batches, linears: dict[str, nn.Linear] | None = None,
+                stop_early: bool = False) -> dict[str, torch.Tensor]:
     """``||X_j||_2`` of each decoder linear layer's inputs (or of ``linears``) over the non-padding
-    calibration tokens."""
+    calibration tokens; ``stop_early``: each forward pass ends once the last of ``linears`` (in
+    the order they run) has computed."""
     linears = decoder_linears(model) if linears is None else linears
     sq = {n: torch.zeros(m.in_features) for n, m in linears.items()}
     mask_box = {}
@@ -53,11 +59,18 @@ def input_norms(model: nn.Module, batches, linears: dict[str, nn.Linear] | None 
         return fn
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
+    if stop_early:  # the layers after the last measured one need not run
+        def stop(module, args, output):
+            raise _Measured
+        handles.append(list(linears.values())[-1].register_forward_hook(stop))
     try:
         lm = causal_lm(model).eval()
         for batch in batches:
             mask_box["mask"] = batch["attention_mask"]
-            lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            try:
+                lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            except _Measured:
+                pass
     finally:
         for h in handles:
             h.remove()
@@ -75,7 +88,7 @@ def prune(model: nn.Module, sparsity: float = 0.5, kind: str = "wanda", batches=
     removed, total = 0, 0
     if kind == "wanda_layerwise":  # measure a layer's inputs, prune it, then the next
         for layer in decoder_layers(model):
-            norms = input_norms(model, batches, layer)
+            norms = input_norms(model, batches, layer, stop_early=True)
             for name, m in layer.items():
                 _wanda(m.weight, norms[name], sparsity)
                 removed, total = removed + int((m.weight == 0).sum()), total + m.weight.numel()

@@ -25,7 +25,7 @@ from .config import FIGURES, GATE_INPUTS, METHODS, PRETRAIN_SCHEDULES, REGIMES, 
 from .data import DATASETS, STYLE_DATASETS, SYNTACTIC_DATASETS
 from .poisoning import PRETRAIN_LABELS, PRETRAIN_SOURCES, SETTINGS
 from .training import EXPERT_MODES
-from .runs import choose, minutes, run
+from .runs import minutes, run
 
 ALL_METHODS = list(METHODS)
 ALL_FIGURES = list(FIGURES)
@@ -248,7 +248,7 @@ def npoe_results(grid: NPoEGrid, cache: RunCache | None = None) -> NPoEResults:
     loaded = cache.sweep_groups(groups, run, **kwargs)
     by_hash = {config_hash(c): r for name, cs in groups.items() for c, r in zip(cs, loaded[name])}
     cands = {key: [by_hash[config_hash(c)] for c in cs] for key, cs in grid.candidates.items()}
-    chosen = {key: choose(grid.config_of("npoe") | {"dataset": key[0], "setting": key[1]}, rs, grid.select_rule)[1]
+    chosen = {key: poe.select_by_pseudo_dev([r.metrics["pseudo_dev"] for r in rs], key[0], grid.select_rule)
               for key, rs in cands.items()}  # (dataset, setting, first seed) -> the chosen candidate's index
     finals = [with_choice(c, grid.candidates[c["dataset"], c["setting"], grid.seeds[0]]
                           [chosen[c["dataset"], c["setting"], grid.seeds[0]]])
