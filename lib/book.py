@@ -128,8 +128,10 @@ def parameter_table(chapter: str, values: dict) -> "pd.DataFrame":
 
 
 def show_parameters(chapter: str, values: dict):
-    """:func:`parameter_table` styled for the page (no cell cut short)."""
-    return parameter_table(chapter, values).style.set_properties(**{"text-align": "left"})
+    """:func:`parameter_table` in the book's table style, left-aligned."""
+    from . import tables
+
+    return tables.view(parameter_table(chapter, values), align="left")
 
 
 def check_parameters(source: Path, parameters: dict) -> None:

@@ -35,10 +35,13 @@ def emit(event: str, **fields) -> None:
 
 
 class Bar:
-    """A tqdm bar in the notebook whose progress also reaches the terminal (as ``steps`` events)."""
+    """A tqdm bar in the notebook whose progress also reaches the terminal (as ``steps`` events).
+    Under ``moebackdoor.book`` (a terminal is listening) only the terminal draws it, so that no
+    bar lands in a page."""
 
     def __init__(self, total: int, desc: str, disable: bool = False):
         self.total, self.done, self._last = total, 0, 0.0
+        disable = disable or bool(os.environ.get(ENV))
         self._bar = tqdm(total=total, desc=desc, disable=disable, mininterval=5, leave=False)
 
     def update(self, n: int = 1) -> None:

@@ -24,7 +24,13 @@ def save_table(df: pd.DataFrame, table_id: str) -> Path:
 
 
 def save_figure(fig, figure_id: str, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``<output>/figures/<figure_id>.png``."""
+    """Write ``fig`` to ``<output>/figures/<figure_id>.png``, once it keeps the book's figure
+    conventions (:func:`moebackdoor.style.figure_problems`)."""
+    from .style import figure_problems
+
+    problems = figure_problems(fig)
+    if problems:
+        raise ValueError(f"figure {figure_id!r} breaks the book's conventions: " + "; ".join(problems))
     return _atomic(paths.figures_dir() / f"{figure_id}.png",
                    lambda p: fig.savefig(p, dpi=dpi, bbox_inches="tight", format="png"))
 
@@ -40,8 +46,10 @@ def mean_std(mean: float, std: float, n: int, digits: int = 1) -> str:
 
 def bench_view(df: pd.DataFrame):
     """A bench table for the page: measure, value (2 decimals; "not measured" where empty), target."""
-    view = df[["measure", "value", "target"]].assign(target=df["target"].fillna("")).set_index("measure")
-    return view.style.format({"value": "{:.2f}"}, na_rep="not measured")
+    from . import tables
+
+    view = df[["measure", "value", "target"]].assign(target=df["target"].fillna(""))
+    return tables.view(view, digits=2, missing="not measured")
 
 
 def show_all(items) -> None:

@@ -101,8 +101,9 @@ def chapter_cells(report: pd.DataFrame, chapter: str):
     r = report[report.chapter == chapter]
     if r.empty or (r.verdict == "not built yet").all():
         return None
-    return (r[["artefact", "cell", "paper", "ours", "verdict"]].set_index(["artefact", "cell"])
-            .style.format({"paper": "{:.1f}", "ours": "{:.1f}"}, na_rep="—"))
+    from . import tables
+
+    return tables.view(r[["artefact", "cell", "paper", "ours", "verdict"]], align="left")
 
 
 def headline(report: pd.DataFrame, chapters: list[str]) -> str:

@@ -1,8 +1,11 @@
 """Every chapter executes at the smoke profile, and the book builds with warnings as errors."""
+import re
+
 import pandas as pd
 import pytest
 
 from moebackdoor import book, reproducibility
+from moebackdoor.llm import locphylax_paper
 from moebackdoor.vision import pmoe_paper
 
 CSV_COLUMNS = ["trigger", "poison_rate", "asr", "ba", "cad", "paper_asr", "paper_ba", "paper_cad"]
@@ -64,12 +67,17 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
     report = pd.read_csv(tables / "reproducibility.csv")
     assert list(report.columns) == ["chapter", "artefact", "cell", "paper", "ours", "verdict", "rule"]
     assert set(report.chapter) == {"pmoe_attacks", "pmoe_routing_pruning", "npoe", "locphylax"}
-    loc = report[report.chapter == "locphylax"]  # the abstract's headline: a verified number
-    assert len(loc) == 1 and loc.paper.iloc[0] == 4.41
+    loc = report[report.chapter == "locphylax"]  # the abstract's headline: a verified number, and the rule's cell
+    assert list(loc.cell) == ["mean ASR after Locphylax", locphylax_paper.VERDICT_CELL]
+    assert (loc.paper == 4.41).all() and loc.rule.iloc[1] in ("reproduced", "not reproduced")
     assert set(report.verdict) == {"not judged at smoke"}  # smoke's numbers mean nothing: no verdict
+    for chapter in ("npoe", "locphylax"):  # nor do the chapters' own verdict lines
+        page = (site / "_build" / "html" / "chapters" / f"{chapter}.html").read_text()
+        assert "<strong>reproduced</strong>" not in page and "<strong>not reproduced</strong>" not in page
+        assert "not judged (this profile" in page
     html_dir = site / "_build" / "html"
     intro = (html_dir / "chapters" / "intro.html").read_text()
-    assert intro.count("<td>smoke</td>") == len(book.chapter_sources())  # each chapter's profile in the table
+    assert len(re.findall(r"<td[^>]*>smoke</td>", intro)) == len(book.chapter_sources())  # each chapter's profile in the table
     # a line per paper and one per chapter, glued from the report
     assert intro.count("not judged (built at smoke)") == 3 + len(book.chapter_sources())
     assert "executablebooks/jupyter-book" not in intro and "repository-button" not in intro  # no address set: no link
@@ -118,7 +126,7 @@ def test_a_book_of_some_chapters_lists_only_those_and_says_which_are_not_built(s
     assert sorted(p.stem for p in (html / "chapters").glob("*.html")) == \
         ["intro", "performance", "pmoe_attacks", "reproducibility"]
     intro = (html / "chapters" / "intro.html").read_text()
-    assert intro.count("<td>smoke</td>") == 1 and "npoe.html" not in intro and "locphylax.html" not in intro
+    assert len(re.findall(r"<td[^>]*>smoke</td>", intro)) == 1 and "npoe.html" not in intro and "locphylax.html" not in intro
     assert set(pd.read_csv(out / "tables" / "reproducibility.csv").chapter) == {"pmoe_attacks"}
     chapter1 = (html / "chapters" / "pmoe_attacks.html").read_text()
     assert "Exercises" in chapter1 and "Solutions" not in chapter1 and "25 poisoned images" not in chapter1

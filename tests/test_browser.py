@@ -2,7 +2,8 @@
 
 Every page loads without console errors and requests nothing off this machine; every image is
 present and non-empty; every formula is rendered by MathJax (served from the book's own files);
-no internal link is broken. A screenshot of each page goes to ``book/_build/screenshots/``.
+no internal link is broken; no table is wider than its column, no cell is cut with "…", every
+figure has a numbered caption. A screenshot of each page goes to ``book/_build/screenshots/``.
 """
 import functools
 import http.server
@@ -24,6 +25,29 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this ma
 SCREENSHOTS = book.BOOK / "_build" / "screenshots"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-default-apps"]
+
+
+# what a reader would see wrong on a page: a table past its column, a cell cut with an ellipsis,
+# a figure of a chapter without a numbered caption
+LAYOUT_PROBLEMS = r"""() => {
+  const out = [];
+  document.querySelectorAll('article table').forEach((t, i) => {
+    const col = t.parentElement.closest('article, section, div.cell_output') || t.parentElement;
+    const r = t.getBoundingClientRect(), c = col.getBoundingClientRect();
+    if (r.right > c.right + 1 || r.width > c.width + 1)
+      out.push(`table ${i + 1} is ${Math.round(r.width)} px wide in a ${Math.round(c.width)} px column`);
+    t.querySelectorAll('td, th').forEach(cell => {
+      if (/\u2026|\.\.\./.test(cell.innerText))
+        out.push(`table ${i + 1} has a cut cell: ${cell.innerText.slice(0, 60)}`);
+    });
+  });
+  document.querySelectorAll('article div.cell_output img').forEach(img => {
+    const fig = img.closest('figure');
+    if (!fig || !fig.querySelector('figcaption .caption-number'))
+      out.push(`figure ${img.getAttribute('src')} has no numbered caption`);
+  });
+  return out;
+}"""
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -102,6 +126,7 @@ def test_every_page_renders_offline_in_chromium(served_book):
                     problems.append(f"{name}: broken link {href}")
                 elif fragment and target.suffix == ".html" and fragment not in _ids(target):
                     problems.append(f"{name}: link {href} points to a missing anchor")
+            problems += [f"{name}: {p}" for p in page.evaluate(LAYOUT_PROBLEMS)]
             page.screenshot(path=str(SCREENSHOTS / f"{Path(name).stem}.png"), full_page=True)
             problems += [f"{name}: console error: {e}" for e in errors]
         # the site's front door redirects to the landing page

@@ -205,11 +205,12 @@ def sensitivity_figure(table: pd.DataFrame, figure: str):
         for m in methods:
             t = table[table.method == m].sort_values("value")
             ax.plot(t.value, t[measure], marker="o", color=style.colour(m), label=METHOD_NAMES[m])
-        ax.set(xlabel=label, ylabel=f"{measure.upper()} (%)", ylim=(-3, 103), xticks=sorted(table.value.unique()))
+        ax.set(xlabel=label, ylabel=f"{measure.upper()} (%)", ylim=(-3, 103))
         if FIGURES[figure][0] == "beta":
-            ax.set_xscale("log", base=2)
+            style.rate_axis(ax, table.value, base=2)
+        else:
             ax.set_xticks(sorted(table.value.unique()), [f"{v:g}" for v in sorted(table.value.unique())])
-    axes[1].legend(loc="best", fontsize=8)
+    style.legend_outside(axes[1])
     fig.tight_layout()
     return fig
 
@@ -597,11 +598,13 @@ def differences_text(n_train: int, by_rung: dict, table: pd.DataFrame, seeds: in
     return text
 
 
-def verdict_text(v: dict | None, where: str) -> str:
-    """One sentence: the chapter's verdict rule applied to a table (``where``: its encoder and scale)."""
+def verdict_text(v: dict | None, where: str, judged: bool = True) -> str:
+    """One sentence: the chapter's verdict rule applied to a table (``where``: its encoder and
+    scale). ``judged=False`` (smoke): the numbers, no word."""
     if v is None:
         return f"{where}: no verdict (No defense, Benign or NPoE did not run)."
-    word = "**reproduced**" if v["reproduced"] else "**not reproduced**"
+    word = ("**reproduced**" if v["reproduced"] else "**not reproduced**") if judged else \
+        "not judged (this profile's numbers mean nothing)"
     return (f"{where}: {word}. NPoE's ASR {v['npoe_asr']:.1f} % against half of No defense's "
             f"({v['no_defense_asr'] / 2:.1f} %), its CACC {v['npoe_cacc']:.1f} % against Benign's "
             f"{v['benign_cacc']:.1f} % less 3 points ({v['benign_cacc'] - VERDICT['cacc_points']:.1f} %).")

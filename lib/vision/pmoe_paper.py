@@ -118,7 +118,8 @@ def asr_vs_rate_figure(table: pd.DataFrame, dataset: str):
         t = ours[ours.trigger == trig]
         ax.errorbar(t.poison_rate, t.asr, yerr=t.asr_std.fillna(0), fmt="none", ecolor=style.colour(trig),
                     capsize=3)
-    ax.set(xscale="log", xlabel="poison rate (%)", ylabel="ASR (%)", ylim=(-3, 103),
+    style.rate_axis(ax, long.poison_rate)
+    ax.set(xlabel="poison rate (%)", ylabel="ASR (%)", ylim=(-3, 103),
            title={"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[dataset])
     sns.move_legend(ax, "center left", bbox_to_anchor=(1, 0.5), fontsize=8)
     fig.tight_layout()
@@ -205,7 +206,7 @@ def claims_table(tables: dict[str, pd.DataFrame], results: pd.DataFrame) -> pd.D
         # the same, counting only ASR above what the clean model already gives
         gains = [(at(table, "warp", r) - at(table, "warp", r, "clean_model_asr"),
                   at(table, "square", r) - at(table, "square", r, "clean_model_asr")) for r in small]
-        rows.append((name, "… and its gain over the clean model's ASR below square's", "yes",
+        rows.append((name, "warp's gain over the clean model's ASR below square's at every rate ≤ 2 %", "yes",
                      ", ".join(f"{r:g} %: {w:+.1f} vs {s:+.1f}" for r, (w, s) in zip(small, gains)),
                      bool(gains) and all(w < s for w, s in gains)))
         warp = ran[ran.trigger == "warp"].sort_values("poison_rate")
@@ -369,10 +370,11 @@ def routing_rate_figure(rates: pd.DataFrame):
         for trig in TRIGGERS:
             clean = r[(r.model == "clean") & (r.trigger == trig)].mean_experts.mean()
             ax.axhline(clean, color=style.colour(trig), ls=":", alpha=0.8)
-        ax.set(xscale="log", xlabel="poison rate (%)", ylabel="experts receiving the top-left patch",
+        style.rate_axis(ax, r.poison_rate)
+        ax.set(xlabel="poison rate (%)", ylabel="experts receiving the top-left patch",
                title={"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}[ds])
     axes[0, -1].plot([], [], ls=":", color="grey", label="clean model")
-    axes[0, -1].legend(fontsize=8, title="poisoned model", title_fontsize=8)
+    style.legend_outside(axes[0, -1], title="poisoned model", title_fontsize=8)
     fig.tight_layout()
     return fig
 

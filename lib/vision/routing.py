@@ -88,7 +88,7 @@ def patch_value_figure(items: list[tuple[str, torch.Tensor, np.ndarray]], bins=n
     """Figure 5: per expert, the histogram of the values of the patches it receives."""
     experts = items[0][2].shape[0]
     fig, axes = plt.subplots(len(items), experts, figsize=(2.3 * experts, 1.9 * len(items)),
-                             squeeze=False, sharex=True)
+                             squeeze=False, sharex=True, sharey=True)
     for i, (label, image, mask) in enumerate(items):
         values = patch_values(image[None])[0]
         for e in range(experts):
@@ -100,7 +100,7 @@ def patch_value_figure(items: list[tuple[str, torch.Tensor, np.ndarray]], bins=n
             if i == 0:
                 ax.set_title(f"expert {e + 1}", fontsize=9)
             if e == 0:
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(f"{label}\npatches", fontsize=8)
             if i == len(items) - 1:
                 ax.set_xlabel("patch value (0–16)", fontsize=8)
     fig.tight_layout()
