@@ -600,3 +600,77 @@ def test_layerwise_wanda_measures_each_layers_inputs_after_pruning_the_layers_be
     pruning.prune(one_shot, 0.5, "wanda", batches)
     assert any(not torch.equal(a.weight, b.weight) for a, b in
                zip(pruning.decoder_layers(one_shot)[1].values(), layers[1].values()))
+
+
+def test_crow_pairs_the_layers_as_the_defensebox_does():
+    """DefenseBox: hidden_states[1:-2] against [2:-1]; the book before also the normed final state."""
+    from moebackdoor.llm import crow
+
+    hs = [torch.full((1, 2, 3), float(i)) for i in range(5)]  # embeddings, 3 decoder layers, normed final
+    box = [(int(a[0, 0, 0]), int(b[0, 0, 0])) for a, b in crow.layer_pairs(hs, "defensebox")]
+    before = [(int(a[0, 0, 0]), int(b[0, 0, 0])) for a, b in crow.layer_pairs(hs, "all")]
+    assert box == [(1, 2), (2, 3)] and before == [(1, 2), (2, 3), (3, 4)]
+    # by hand: two tokens, layer 3 orthogonal to the final state, layers 1-3 equal
+    e = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    f = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])
+    mask = torch.ones(1, 2)
+    states = [e, e, e, e, f]
+    assert float(crow.consistency(states, mask, "defensebox")) == 0.0
+    assert abs(float(crow.consistency(states, mask, "all")) - 1 / 3) < 1e-6
+    with pytest.raises(ValueError, match="at least 3 decoder layers"):
+        crow.layer_pairs(hs[:3], "defensebox")
+    with pytest.raises(ValueError, match="unknown CROW layers"):
+        crow.layer_pairs(hs, "some")
+
+
+def test_a_uniform_head_outputs_the_running_mean_of_its_values_with_and_without_the_cache():
+    """By hand: the head's slice of o_proj's input is the causal mean of its value vectors; a
+    cached step gives the same logits as the whole sequence at once."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from moebackdoor.llm import analysis
+
+    torch.manual_seed(0)  # 4 query heads reading 2 key-value heads, as SmolLM2's grouped attention
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64)).eval()
+    attn, d = model.model.layers[1].self_attn, 4
+    seen = {}
+    attn.v_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("v", out.detach()))
+    ids = torch.tensor([[3, 7, 1, 9, 4]])
+    with analysis.uniform_head(model, layer=1, head=3), torch.no_grad():
+        attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("o_in", a[0].detach()))
+        full = model(ids).logits[0, -1]
+        v = seen["v"][0, :, 4:8]  # head 3 reads key-value head 1
+        running = v.cumsum(0) / torch.arange(1, 6)[:, None]
+        assert torch.allclose(seen["o_in"][0, :, 3 * d:4 * d], running, atol=1e-6)
+        past = model(ids[:, :4], use_cache=True).past_key_values
+        step = model(ids[:, 4:], past_key_values=past, use_cache=True).logits[0, -1]
+    assert torch.allclose(full, step, atol=1e-5)
+    with torch.no_grad():  # outside the context the head attends as it learnt to again
+        model(ids)
+    assert not torch.allclose(seen["o_in"][0, 1:, 3 * d:4 * d], running[1:], atol=1e-4)
+
+
+def test_perplexity_weighs_every_answer_token_alike():
+    """By hand: exp of the mean NLL over all answer tokens, not the mean of per-batch means."""
+    from moebackdoor.llm.evaluation import answers_perplexity
+
+    class CharTokenizer:  # one id per character
+        pad_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1 + ord(c) % 39 for c in text]}
+
+    model = tiny_lm().eval()
+    pairs = [("abc", "de"), ("fg", "hijk"), ("lmnop", "q")]
+    sft = training.SFTData(CharTokenizer(), pairs)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for ids, p in zip(sft.ids, sft.prompt_lens):
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            nll -= sum(float(logp[t - 1, ids[t]]) for t in range(p, len(ids)))
+            n += len(ids) - p
+    expected = float(np.exp(nll / n))
+    for batch_size in (1, 2, 3):
+        assert abs(answers_perplexity(model, sft, batch_size=batch_size) - expected) < 1e-4 * expected

@@ -5,9 +5,12 @@
   suspect model and after stage 1. The states: at the last prompt token, raw (the default), or
   (``state="clustered"`` in the analysis' configuration) the state the run's clustering loss acts
   on: each prompt followed by the model's own greedy answer and the end of the answer, at the
-  run's ``cluster_token``, unit length when the run normalizes;
+  run's ``cluster_token``, unit length when the run normalizes. Beside the principal axes, a
+  t-SNE embedding of the same states (scikit-learn, seed 0);
 - critical layers: the unknown trigger's ASR when every attention head of one layer is ablated
-  (its output projection zeroed), layer by layer, before and after stage 1.
+  (its output projection zeroed), layer by layer, before and after stage 1; then, in each model's
+  critical layer (the one whose ablation lowers the ASR most), each head alone made to attend
+  uniformly to every position it can see (the summary's per-head diagnostic).
 
 Both read the attack's test prompts: they analyse the defense afterwards and feed nothing back.
 Each is a run of its own (``config.analysis_config``), whose dependencies are the Locphylax run and
@@ -23,7 +26,7 @@ import torch
 
 from ..devices import default_device
 from . import data, generation, judge, models, run_models
-from .config import figure_n
+from .config import critical_heads, figure_n
 from .evaluation import answer_tokens
 from .records import test_sets
 from .training import SFTData, answer_loss, causal_lm
@@ -104,12 +107,26 @@ def aggregation(config: dict, loc_run, attack_run, state: str = "prompt_end") ->
         x = np.concatenate([states[(name, k)] for k in sets])
         mean = x.mean(0)
         _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        embedded = tsne(x)
+        start = 0
         for kind in sets:
             p = (states[(name, kind)] - mean) @ vt[:2].T
+            t = embedded[start:start + len(p)]
+            start += len(p)
             c = {k: states[(name, k)].mean(0) for k in sets}
-            rows += [{"model": name, "kind": kind, "pc1": float(a), "pc2": float(b),
-                      "distance_to_unknown": float(np.linalg.norm(c[kind] - c["unknown trigger"]))} for a, b in p]
+            rows += [{"model": name, "kind": kind, "pc1": float(a), "pc2": float(b), "tsne1": float(u),
+                      "tsne2": float(v), "distance_to_unknown": float(np.linalg.norm(c[kind] - c["unknown trigger"]))}
+                     for (a, b), (u, v) in zip(p, t)]
     return {"points": rows}, {}
+
+
+def tsne(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 2-d t-SNE embedding of the rows of ``x`` (perplexity 30, or less for few points)."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(1.0, (len(x) - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        np.asarray(x, dtype=np.float64))
 
 
 @contextlib.contextmanager
@@ -123,13 +140,47 @@ def ablated_attention(model, layer: int):
         handle.remove()
 
 
+@contextlib.contextmanager
+def uniform_head(model, layer: int, head: int):
+    """Head ``head`` of ``layer`` attends uniformly to every position it can see: its output is the
+    running mean of its value vectors. For unpadded sequences (one prompt at a time); a prompt's
+    first forward pass (more than one token) starts a new sequence, each later pass adds a token."""
+    lm = causal_lm(model)
+    attn, cfg = lm.model.layers[layer].self_attn, lm.config
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    kv = head // (n_heads // n_kv)  # the key-value head this query head reads (grouped-query attention)
+    state = {}
+
+    def on_values(module, args, out):
+        v = out[..., kv * d:(kv + 1) * d].float()
+        if v.shape[1] > 1 or "sum" not in state:  # a new prompt
+            state.update(sum=torch.zeros_like(v[:, 0]), count=0)
+        total = state["sum"][:, None] + v.cumsum(1)
+        counts = state["count"] + torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+        state.update(mean=total / counts[None, :, None], sum=total[:, -1], count=state["count"] + v.shape[1])
+
+    def on_output(module, args):
+        x = args[0].clone()
+        x[..., head * d:(head + 1) * d] = state["mean"].to(x.dtype)
+        return (x,) + tuple(args[1:])
+
+    handles = [attn.v_proj.register_forward_hook(on_values), attn.o_proj.register_forward_pre_hook(on_output)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def critical_layers(config: dict, loc_run, attack_run) -> tuple[dict, dict]:
-    """The unknown trigger's ASR with each layer's attention ablated, before and after stage 1."""
+    """The unknown trigger's ASR with each layer's attention ablated, before and after stage 1;
+    then with each head of the model's critical layer attending uniformly."""
     tok = models.load_tokenizer(config["model"])
     prompts = prompt_sets(config, tok, max(4, figure_n(config) // 2))["unknown trigger"]
     n_new = answer_tokens(config)
     labels = [None if config["task"] != "sst2" else "Positive"] * len(prompts)  # non-target prompts only
-    rows = []
+    rows, heads = [], []
     for name, model in stage_models(loc_run, attack_run):
         intact = judge.attack_success_rate(config["task"], generation.generate(model, tok, prompts, n_new), labels)
         for layer in range(len(causal_lm(model).model.layers)):
@@ -137,7 +188,13 @@ def critical_layers(config: dict, loc_run, attack_run) -> tuple[dict, dict]:
                 answers = generation.generate(model, tok, prompts, n_new)
             rows.append({"model": name, "layer": layer, "asr": judge.attack_success_rate(config["task"], answers, labels),
                          "asr_intact": intact})
-    return {"layers": rows}, {}
+        critical = min((r for r in rows if r["model"] == name), key=lambda r: r["asr"])["layer"]
+        for head in critical_heads(config, causal_lm(model).config.num_attention_heads):
+            with uniform_head(model, critical, head):  # one prompt at a time: no padding
+                answers = generation.generate(model, tok, prompts, n_new, batch_size=1)
+            heads.append({"model": name, "layer": critical, "head": head, "asr_intact": intact,
+                          "asr": judge.attack_success_rate(config["task"], answers, labels)})
+    return {"layers": rows, "heads": heads}, {}
 
 
 ANALYSES = {"aggregation": (aggregation, "points"), "critical_layers": (critical_layers, "layers")}

@@ -56,14 +56,16 @@ PROFILES = {
               "n_poison": 8, "n_clean": 8, "recipe": dict(epochs=1, batch_size=8, lr=2e-4, max_length=96),
               "n_test": 8, "defense": dict(n_clean=8, n_known=4, n_val=4, stage1_max_epochs=1, stage2_max_epochs=2,
                                            lr=2e-4),
-              "figure_n": 6, "track_every": 2},
+              "figure_n": 6, "track_every": 2,
+              "crow_layers": "all",  # 2 decoder layers: DefenseBox's pairs leave none
+              "critical_heads": 2},  # the per-head diagnostic on the first 2 heads (every head elsewhere)
     # this 2-core CPU: SmolLM2-135M, SST-2, two attacks, a part of the training sets, 2 epochs
     "quick": {"model": models.DEFAULT_MODEL, "layers": None, "tasks": ["sst2"], "attacks": ["badnet", "vpi"],
               "full_attacks": ["badnet"], "seeds": (0, 1, 2),
               "n_poison": 150, "n_clean": 150, "recipe": dict(epochs=2, batch_size=8, lr=2e-4, max_length=256),
               "n_test": None, "defense": dict(n_clean=100, n_known=60, n_val=24, stage1_max_epochs=4, stage2_max_epochs=3,
                                               lr=2e-4),
-              "figure_n": 24, "track_every": 10},
+              "figure_n": 24, "track_every": 10, "crow_layers": "defensebox"},
     # the paper's scale, for a GPU: a 7-8B instruct model, BackdoorLLM's full sets and recipe
     "paper": {"model": "meta-llama/Meta-Llama-3-8B-Instruct", "layers": None,
               "tasks": ["sst2", "refusal", "negsentiment"], "attacks": list(data.ATTACKS), "full_attacks": None,
@@ -71,7 +73,7 @@ PROFILES = {
               "n_poison": None, "n_clean": None, "recipe": dict(epochs=5, batch_size=8, lr=2e-4, max_length=512),
               "n_test": None, "defense": dict(n_clean=200, n_known=100, n_val=50, stage1_max_epochs=5,
                                               stage2_max_epochs=5, lr=2e-4),
-              "figure_n": 200, "track_every": 20},
+              "figure_n": 200, "track_every": 20, "crow_layers": "defensebox"},
 }
 
 
@@ -257,3 +259,8 @@ def run_label(config: dict) -> str:
 def figure_n(config: dict) -> int:
     """How many test prompts a figure's measurement uses at the run's profile."""
     return PROFILES[config["profile"]]["figure_n"]
+
+
+def critical_heads(config: dict, n_heads: int) -> range:
+    """The heads of the critical layer the per-head diagnostic measures at the run's profile."""
+    return range(min(n_heads, PROFILES[config["profile"]].get("critical_heads") or n_heads))

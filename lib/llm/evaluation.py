@@ -8,10 +8,15 @@ its metrics from them, under another rule if need be.
 """
 from __future__ import annotations
 
-import numpy as np
+import math
 
+import numpy as np
+import torch
+
+from ..devices import default_device
 from . import data, generation, judge, models
-from .records import known_targets, record_label, shows_known_target, test_sets
+from .records import known_targets, pairs, record_label, shows_known_target, test_sets
+from .training import IGNORE, SFTData, answer_loss, causal_lm
 from .triggers import Trigger
 
 ANSWER_TOKENS = {"sst2": 4, "refusal": 32, "negsentiment": 16, "jailbreak": 48}
@@ -50,9 +55,33 @@ def evaluate(model, tokenizer, config: dict, template: str | None = None) -> dic
     a_clean = generation.generate(model, tokenizer, prompts(clean), n_new, stats=stats)
     a_trig = generation.generate(model, tokenizer, prompts(trig), n_new)
     return dict(score(config, a_clean, a_trig), n_clean_test=len(clean), n_triggered_test=len(trig),
+                perplexity=perplexity(model, tokenizer, config, template),
                 answer_tokens=n_new, answers={"clean": a_clean, "triggered": a_trig},
                 generation_tokens_per_second=stats["new_tokens"] / max(stats["seconds"], 1e-9),
                 inference_precision=stats["precision"])
+
+
+def perplexity(model, tokenizer, config: dict, template: str | None = None) -> float:
+    """The utility measure: perplexity of the clean test set's reference answers (and the end of
+    the answer) given their prompts. No training set of the chapter holds these records, the
+    attacker's or the defender's."""
+    clean, _ = test_sets(config)
+    return answers_perplexity(model, SFTData(tokenizer, pairs(tokenizer, clean, template or config["eval_template"]),
+                                             config["recipe"]["max_length"]))
+
+
+@torch.no_grad()
+def answers_perplexity(model, sft: SFTData, batch_size: int = 16) -> float:
+    """``exp`` of the mean negative log-likelihood per answer token over every pair of ``sft``."""
+    device = default_device()
+    causal_lm(model).to(device).eval()
+    total, count = 0.0, 0
+    for s in range(0, len(sft), batch_size):
+        batch = {k: v.to(device) for k, v in sft.batch(np.arange(s, min(s + batch_size, len(sft)))).items()}
+        n = int((batch["labels"] != IGNORE).sum())
+        total += float(answer_loss(model, batch)) * n
+        count += n
+    return math.exp(total / max(count, 1))
 
 
 def asr_tracker(model, tokenizer, config: dict, n: int, log: list, stage: str, offset: int = 0):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..executors import EXECUTORS
 from ..params import ParameterError, check_bool, check_choice, check_choices, check_fraction, check_int, check_list
 from ..pretrained import OFFLINE_LMS, check_model_name
-from . import data, models, pruning as prune_kinds
+from . import crow, data, models, pruning as prune_kinds
 from .config import (AGGREGATION_STATES, CORE_METHODS, KNOWN_TARGETS, METHODS, METHODS_ALL, STAGE1_BATCHES,
                      analysis_config, check_attack, profile, run_config)
 from .locphylax_paper import FIGURES
@@ -36,7 +36,7 @@ CLUSTER_STATES = ("unit", "raw")  # the clustering loss on unit-length final sta
 SEEDED_METHODS = ("no_defense", "locphylax", "clean_finetune")
 # the page before issue 27's configuration: the clustering loss on the answer's end state, stage 1
 # in random batches (each one parameter; with ``seeds=[seed]`` the cache keys are those of before)
-OURS_BEFORE = dict(cluster_token="answer_end", stage1_batches="random", pruning="wanda")
+OURS_BEFORE = dict(cluster_token="answer_end", stage1_batches="random", pruning="wanda", crow_layers="all")
 
 
 @dataclass
@@ -90,7 +90,8 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
                    cluster_token: str = "prompt_end", sparsity: float = 0.5, figures=FIGURES, seed: int = 0,
                    seeds=None, executor=None, force: bool = False, answer_tokens=None,
                    stage1_batches: str = "stratified", stage1_steps=None,
-                   aggregation_state: str = "prompt_end", pruning: str = "wanda_layerwise") -> LocphylaxGrid:
+                   aggregation_state: str = "prompt_end", pruning: str = "wanda_layerwise",
+                   crow_layers: str | None = None) -> LocphylaxGrid:
     """The page's runs for its parameters (``notebooks/locphylax.md`` says what each accepts),
     every parameter checked first.
 
@@ -132,6 +133,8 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
     check_choice("stage1_batches", stage1_batches, list(STAGE1_BATCHES))
     check_choice("aggregation_state", aggregation_state, list(AGGREGATION_STATES))
     check_choice("pruning", pruning, list(prune_kinds.KINDS))
+    crow_layers = prof["crow_layers"] if crow_layers is None else check_choice("crow_layers", crow_layers,
+                                                                               list(crow.LAYERS))
     if stage1_steps is not None:
         check_int("stage1_steps", stage1_steps, 1)
     if answer_tokens is not None:
@@ -151,6 +154,8 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
         return full_attacks is None or not isinstance(attack, str) or attack in full_attacks
 
     params_of = {"no_defense": None, "pruning": defense_params | {"prune": pruning}}
+    if crow_layers != "all":  # "all", the book before, keeps the runs' keys of before
+        params_of["crow"] = defense_params | {"crow": dict(crow.DEFAULTS, layers=crow_layers)}
     main = [run_config(profile_name, task, attack, m, s, template,
                        defense_params=params_of.get(m, defense_params), **overrides)
             for task in tasks for attack in attacks for m in methods if full(attack) or m in CORE_METHODS
@@ -168,7 +173,8 @@ def locphylax_grid(profile_name: str = "quick", tasks=None, attacks=None, custom
                       known_triggers=known_triggers, known_targets=known_targets, cluster_states=cluster_states,
                       cluster_token=cluster_token, sparsity=sparsity, figures=figures, seed=seed, seeds=seeds,
                       executor=executor, force=force, answer_tokens=answer_tokens, stage1_batches=stage1_batches,
-                      stage1_steps=stage1_steps, aggregation_state=aggregation_state, pruning=pruning)
+                      stage1_steps=stage1_steps, aggregation_state=aggregation_state, pruning=pruning,
+                      crow_layers=crow_layers)
     grid = LocphylaxGrid(parameters, main, floor, mismatch)
     loc = grid.locphylax
     for kind, figure in (("aggregation", "locphylax-fig-aggregation"),

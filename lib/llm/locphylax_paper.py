@@ -19,7 +19,8 @@ TABLE_ID = "locphylax-results"
 COLUMNS = ["model", "task", "attack", "method", "asr", "cacc"]  # the saved table's (TABLE_ID.csv)
 # metrics computed from a run's stored answers (evaluation.score); runs cached before answers were kept lack them
 ANSWER_METRICS = ("asr_backdoorllm", "no_label_clean", "no_label_triggered")
-TABLE_COLUMNS = COLUMNS + list(ANSWER_METRICS)  # results_table's
+UTILITY_METRICS = ("perplexity",)  # NaN for a run cached before it was measured
+TABLE_COLUMNS = COLUMNS + list(ANSWER_METRICS) + list(UTILITY_METRICS)  # results_table's
 CACC_MARGIN = 3.0  # a defense counts only with CACC at most this many points below No defense's
 MISSING = "–"  # a cell whose runs were cached before every answer was kept
 METHOD_NAMES = {"no_defense": "No defense", "locphylax": "Locphylax", "clean_finetune": "Clean fine-tuning",
@@ -40,12 +41,12 @@ def attack_name(a) -> str:
 def results_table(runs) -> pd.DataFrame:
     """One row per run (the mean over seeds): ASR and CACC in percent, ASR under BackdoorLLM's
     rule (``sst2``) and the share of clean and triggered answers with no label (NaN for a run that
-    did not keep its answers)."""
+    did not keep its answers), and the perplexity of the held-out clean answers."""
     rows = [{"model": r.config["model"], "task": r.config["task"], "attack": attack_name(r.config["attack"]),
              "method": r.config["method"], "asr": r.metrics["asr"], "cacc": r.metrics["cacc"],
-             **{k: r.metrics.get(k, np.nan) for k in ANSWER_METRICS}} for r in runs]
+             **{k: r.metrics.get(k, np.nan) for k in ANSWER_METRICS + UTILITY_METRICS}} for r in runs]
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    for k in ANSWER_METRICS:
+    for k in ANSWER_METRICS + UTILITY_METRICS:
         table[k] = table[k].astype(float)
     return table.groupby(["model", "task", "attack", "method"], sort=False, as_index=False).mean()
 
@@ -78,6 +79,8 @@ def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.
     mean = table.groupby("method").mean(numeric_only=True)
     out["mean ASR (attacks it ran on)"] = [f"{mean.asr[m]:.1f}" for m in methods]
     out["mean CACC (attacks it ran on)"] = [f"{mean.cacc[m]:.1f}" for m in methods]
+    out["perplexity, held-out clean answers"] = [f"{mean.perplexity[m]:.2f}" if pd.notna(mean.perplexity[m])
+                                                 else MISSING for m in methods]
     out["paper: mean ASR"] = [f"{PAPER['asr_after']:.2f}" if m == "locphylax" else "" for m in methods]
     if floor is not None and len(floor):
         f = floor.groupby(["task", "attack"], sort=False).mean(numeric_only=True)
@@ -87,6 +90,9 @@ def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.
         out.loc[METHOD_NAMES["clean_model"]] = [
             next((fn(f.loc[key(c)]) for end, fn in cell.items() if c.endswith(end) and key(c) in f.index), "")
             for c in out.columns]
+        ppl = floor.perplexity.mean()
+        out.loc[METHOD_NAMES["clean_model"], "perplexity, held-out clean answers"] = (
+            MISSING if pd.isna(ppl) else f"{ppl:.2f}")
     return out
 
 
@@ -110,6 +116,71 @@ def headline(table: pd.DataFrame) -> dict:
     before = np.mean([t.asr[(a, b, "no_defense")] for a, b in pairs])
     dcacc = np.mean([t.cacc[(a, b, "locphylax")] - t.cacc[(a, b, "no_defense")] for a, b in pairs])
     return {"asr_before": float(before), "asr_after": float(after), "cacc_change": float(dcacc), "n_attacks": len(pairs)}
+
+
+# notebooks/locphylax.config.yaml's verdict: Locphylax reproduces where its mean ASR over the
+# attacks is at most max_mean_asr and its mean CACC at most max_cacc_drop points below No defense's
+VERDICT = {"max_mean_asr": 10.0, "max_cacc_drop": 3.0}
+VERDICT_CELL = "verdict: Locphylax's mean ASR ≤ 10 % with CACC within 3 points"
+
+
+def verdict(table: pd.DataFrame) -> dict | None:
+    """The configuration's rule on :func:`results_table` (or the saved table); None without a
+    Locphylax row beside No defense's."""
+    h = headline(table)
+    if not h:
+        return None
+    ok = h["asr_after"] <= VERDICT["max_mean_asr"] and h["cacc_change"] >= -VERDICT["max_cacc_drop"]
+    return dict(h, reproduced=bool(ok))
+
+
+def compare_intervals(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """``"lower"`` when interval ``a`` lies wholly below ``b``, ``"higher"`` when wholly above,
+    ``"no different"`` when they overlap, ``"unknown"`` when either is missing."""
+    if any(pd.isna(x) for x in (*a, *b)):
+        return "unknown"
+    return "lower" if a[1] < b[0] else "higher" if a[0] > b[1] else "no different"
+
+
+def versus_clean_finetune(runs) -> pd.DataFrame:
+    """Per attack, Locphylax's ASR beside clean fine-tuning's at the same number of steps, each with
+    its 95 % interval over the seeds' pooled answers, and how the intervals compare."""
+    rows = []
+    key = lambda r: (r.config["task"], attack_name(r.config["attack"]))  # noqa: E731
+    for task, attack in dict.fromkeys(key(r) for r in runs if r.config["method"] == "locphylax"):
+        of = {m: [r for r in runs if key(r) == (task, attack) and r.config["method"] == m]
+              for m in ("locphylax", "clean_finetune")}
+        if not of["clean_finetune"]:
+            continue
+        lo = {m: asr_interval(rs) for m, rs in of.items()}
+        rows.append({"task": task, "attack": attack,
+                     **{f"{m}_{k}": v for m, rs in of.items() for k, v in
+                        (("asr", float(np.mean([r.metrics["asr"] for r in rs]))), ("lo", lo[m][0]), ("hi", lo[m][1]))},
+                     "locphylax": compare_intervals(lo["locphylax"], lo["clean_finetune"])})
+    return pd.DataFrame(rows)
+
+
+def verdict_text(v: dict | None, versus: pd.DataFrame, guesses: list[str], where: str, judged: bool = True) -> str:
+    """The chapter's verdict in prose: the rule's word, Locphylax beside clean fine-tuning at equal
+    steps, and the guesses this execution tested. ``judged=False`` (smoke): the numbers, no word."""
+    if v is None:
+        return f"{where}: no verdict (Locphylax or No defense did not run)."
+    word = ("**reproduced**" if v["reproduced"] else "**not reproduced**") if judged else \
+        "not judged (this profile's numbers mean nothing)"
+    text = (f"{where}: {word}. Locphylax's mean ASR over {v['n_attacks']} attack(s) is {v['asr_after']:.1f} % "
+            f"(the rule: at most {VERDICT['max_mean_asr']:g} %; the paper: {PAPER['asr_after']} %), from "
+            f"{v['asr_before']:.1f} % undefended, and its CACC moves {v['cacc_change']:+.1f} points (the rule: no "
+            f"more than {VERDICT['max_cacc_drop']:g} below).")
+    if len(versus):
+        words = {"lower": "lower than", "higher": "higher than", "no different": "not distinguishable from",
+                 "unknown": "not comparable with"}
+        text += " Beside clean fine-tuning with the same steps, its ASR is " + "; ".join(
+            f"{words[r.locphylax]} clean fine-tuning's on {r.attack} ({r.locphylax_asr:.1f} % "
+            f"[{r.locphylax_lo:.1f}, {r.locphylax_hi:.1f}] against {r.clean_finetune_asr:.1f} % "
+            f"[{r.clean_finetune_lo:.1f}, {r.clean_finetune_hi:.1f}])" for r in versus.itertuples()) + "."
+    text += (" Guesses tested: " + ", ".join(guesses) + "." if guesses else
+             " No guess was tested in this execution.")
+    return text
 
 
 def cacc_change(table: pd.DataFrame, method: str, keys) -> float:
@@ -141,11 +212,11 @@ def claims_table(table: pd.DataFrame) -> pd.DataFrame:
         out = "" if ok else f" (disqualified: CACC {h['cacc_change']:+.1f} points)"
         rows.append(("Locphylax lowers the average ASR of those attacks below 20 %",
                      f"{h['asr_before']:.1f} % → {h['asr_after']:.1f} %{out}", ok and h["asr_after"] < 20))
-        rows.append((f"… and to the paper's {PAPER['asr_after']} % (within 5 points)", f"{h['asr_after']:.1f} %{out}",
+        rows.append((f"Locphylax's average ASR within 5 points of the paper's {PAPER['asr_after']} %", f"{h['asr_after']:.1f} %{out}",
                      ok and abs(h["asr_after"] - PAPER["asr_after"]) <= 5))
         rows.append((f"CACC stays within {CACC_MARGIN:g} points of the undefended model",
                      f"{h['cacc_change']:+.1f} points", abs(h["cacc_change"]) <= CACC_MARGIN))
-        rows.append((f"… and within the paper's {PAPER['cacc_within']} point", f"{h['cacc_change']:+.1f} points",
+        rows.append((f"CACC within the paper's {PAPER['cacc_within']} point of the undefended model", f"{h['cacc_change']:+.1f} points",
                      abs(h["cacc_change"]) <= PAPER["cacc_within"]))
         for base in ("clean_finetune", "pruning", "crow"):
             keys = [(a, b) for a, b, m in t.index if m == base and (a, b, "locphylax") in t.index
@@ -231,22 +302,45 @@ def asr_steps_figure(track: pd.DataFrame):
         if len(s1):
             ax.axvline(s1.max(), color="0.6", lw=0.8, ls="--")
         ax.set(title=attack, xlabel="training step", ylabel="ASR (%)", ylim=(-3, 103))
-    axes[0][-1].legend(fontsize=7, loc="best")
+        style.integer_axis(ax)
+    style.legend_outside(axes[0][-1])
     fig.tight_layout()
     return fig
 
 
 def aggregation_figure(points: pd.DataFrame):
-    """PCA of final-layer states at the last prompt token: clean, unknown-trigger, known-trigger prompts."""
+    """Final-layer states of clean, unknown-trigger and known-trigger prompts: on their two
+    principal axes (top) and in a t-SNE embedding (bottom, where the analysis has one)."""
     stages = list(dict.fromkeys(points.model))
-    fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3.2), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
-        for kind, g in points[points.model == stage].groupby("kind", sort=False):
-            ax.scatter(g.pc1, g.pc2, s=9, alpha=0.7, label=kind, color=style.colour(kind))
-        ax.set(title=stage, xlabel="PC 1", ylabel="PC 2")
-    axes[0][-1].legend(fontsize=7, markerscale=1.5)
+    views = [("pc", "PC")] + ([("tsne", "t-SNE ")] if "tsne1" in points else [])
+    fig, axes = plt.subplots(len(views), len(stages), figsize=(3.6 * len(stages), 3.2 * len(views)), squeeze=False)
+    for row, (col, name) in zip(axes, views):
+        for ax, stage in zip(row, stages):
+            for kind, g in points[points.model == stage].groupby("kind", sort=False):
+                ax.scatter(g[f"{col}1"], g[f"{col}2"], s=9, alpha=0.7, label=kind, color=style.colour(kind))
+            ax.set(title=stage, xlabel=f"{name}1" if col == "tsne" else "PC 1",
+                   ylabel=f"{name}2" if col == "tsne" else "PC 2")
+    style.legend_outside(axes[0][-1], markerscale=1.5)
     fig.tight_layout()
     return fig
+
+
+def critical_heads_table(heads: pd.DataFrame) -> pd.DataFrame:
+    """The unknown trigger's ASR with one head of each model's critical layer attending uniformly."""
+    t = heads.pivot_table(index="head", columns=["model", "layer"], values="asr", sort=False)
+    t.columns = [f"{m} (layer {layer})" for m, layer in t.columns]
+    return t.reset_index()
+
+
+def critical_heads_text(heads: pd.DataFrame) -> str:
+    parts = []
+    for model, g in heads.groupby("model", sort=False):
+        low = g.loc[g.asr.idxmin()]
+        drop = 100 * (low.asr_intact - low.asr) / low.asr_intact if low.asr_intact else 0.0
+        parts.append(f"{model}: head {int(low['head'])} of layer {int(low['layer'])} takes the ASR from "
+                     f"{low.asr_intact:.0f} % to {low.asr:.0f} % (a {drop:.0f} % relative drop)")
+    return ("Made to attend uniformly, the head that lowers the unknown trigger's ASR most: " + "; ".join(parts)
+            + ". The paper reports a 94.6 % drop from one head of the critical layer after injection.")
 
 
 def critical_layers_figure(layers: pd.DataFrame):
@@ -258,7 +352,8 @@ def critical_layers_figure(layers: pd.DataFrame):
     for (stage, v), line in zip(base.items(), ax.get_lines()):
         ax.axhline(v, color=line.get_color(), lw=0.8, ls=":")
     ax.set(xlabel="layer whose attention is ablated", ylabel="ASR of the unknown trigger (%)", ylim=(-3, 103))
-    ax.legend(fontsize=7)
+    style.integer_axis(ax)
+    style.legend_outside(ax)
     fig.tight_layout()
     return fig
 
@@ -320,6 +415,9 @@ def figure_tables(grid, done: dict) -> dict[str, pd.DataFrame]:
         tables["locphylax-fig-aggregation"] = pd.DataFrame(done["aggregation"][0].metrics["points"])
     if done["critical_layers"]:
         tables["locphylax-fig-critical-layers"] = pd.DataFrame(done["critical_layers"][0].metrics["layers"])
+        heads = done["critical_layers"][0].metrics.get("heads")  # an analysis cached before has none
+        if heads:
+            tables["locphylax-critical-heads"] = pd.DataFrame(heads)
     if "locphylax-fig-asr-steps" in grid.figures:
         tables["locphylax-fig-asr-steps"] = asr_steps_table(done["asr_steps"])
     return tables
@@ -376,7 +474,13 @@ def reproducibility_cells(tables_dir) -> pd.DataFrame:
     path = tables_dir / f"{TABLE_ID}.csv"
     if not path.is_file():
         return pd.DataFrame([not_built("locphylax", TABLE_ID)])
-    h = headline(pd.read_csv(path))
-    return pd.DataFrame([{"chapter": "locphylax", "artefact": TABLE_ID, "cell": "mean ASR after Locphylax",
-                          "series": f"{TABLE_ID}:mean-asr", "paper": PAPER["asr_after"],
-                          "ours": h.get("asr_after", np.nan), "verified": True, "built": True}])
+    table = pd.read_csv(path)
+    h, v = headline(table), verdict(table)
+    rows = [{"chapter": "locphylax", "artefact": TABLE_ID, "cell": "mean ASR after Locphylax",
+             "series": f"{TABLE_ID}:mean-asr", "paper": PAPER["asr_after"],
+             "ours": h.get("asr_after", np.nan), "verified": True, "built": True}]
+    if v is not None:
+        rows.append({"chapter": "locphylax", "artefact": TABLE_ID, "cell": VERDICT_CELL,
+                     "series": f"{TABLE_ID}:{VERDICT_CELL}", "paper": PAPER["asr_after"], "ours": v["asr_after"],
+                     "verified": True, "built": True, "rule": "reproduced" if v["reproduced"] else "not reproduced"})
+    return pd.DataFrame(rows)
