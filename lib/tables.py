@@ -57,18 +57,29 @@ def _cell(v, digits: int, integral: bool, missing: str):
     if isinstance(v, numbers.Integral):
         return f"{int(v):,}" if abs(int(v)) >= 1000 else str(int(v))
     if isinstance(v, numbers.Real):
+        if abs(v) >= 1e9:  # a diverged loss or perplexity: its power of ten is what a reader needs
+            return f"{v:.1e}"
         return f"{v:,.0f}" if integral else f"{v:,.{digits}f}"
     return str(v)
 
 
+def _index_as_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The index as the first columns, unless it only numbers the rows (an unnamed index of
+    integers: 0, 1, 2…, or what is left of it after filtering). Unnamed labels (method names, a
+    knob per row) keep a blank header."""
+    named = any(n is not None for n in df.index.names)
+    if not named and all(lvl.dtype.kind in "iu" for lvl in getattr(df.index, "levels", [df.index])):
+        return df.reset_index(drop=True)
+    names = [n if n is not None else " " * i for i, n in enumerate(df.index.names)]
+    return df.rename_axis(names if len(names) > 1 else names[0]).reset_index()
+
+
 def view(obj, digits: int | dict = 1, align: str = "right", missing: str = MISSING) -> Styler:
     """``obj`` (a DataFrame, or a Styler of one) as the book shows tables. The index becomes
-    ordinary columns (a plain 0, 1, 2… index is dropped); headers go through :func:`header`;
+    ordinary columns (an unnamed index of integers is dropped); headers go through :func:`header`;
     floats get ``digits`` decimals (a dict gives them per column), a float column of whole
     numbers none unless it is a measure (a header ending in "(%)" or "(points)"); booleans read yes/no; missing values ``missing``."""
-    df = obj.data if isinstance(obj, Styler) else obj
-    named = [n for n in df.index.names if n is not None]
-    df = df.reset_index() if named else df.reset_index(drop=True)
+    df = _index_as_columns(obj.data if isinstance(obj, Styler) else obj)
     out = pd.DataFrame(index=df.index)
     for col in df.columns:
         s = df[col]

@@ -71,10 +71,15 @@ def test_chapters_execute_at_smoke_and_the_book_builds(smoke_book):
     assert list(loc.cell) == ["mean ASR after Locphylax", locphylax_paper.VERDICT_CELL]
     assert (loc.paper == 4.41).all() and loc.rule.iloc[1] in ("reproduced", "not reproduced")
     assert set(report.verdict) == {"not judged at smoke"}  # smoke's numbers mean nothing: no verdict
+    report_page = (site / "_build" / "html" / "chapters" / "reproducibility.html").read_text()
+    assert "every chapter ran at smoke, whose numbers are not judged" in report_page
+    assert "tolerance = " not in report_page  # the parameters cell is not shown as code
     for chapter in ("npoe", "locphylax"):  # nor do the chapters' own verdict lines
         page = (site / "_build" / "html" / "chapters" / f"{chapter}.html").read_text()
         assert "<strong>reproduced</strong>" not in page and "<strong>not reproduced</strong>" not in page
         assert "not judged (this profile" in page
+    npoe_page = (site / "_build" / "html" / "chapters" / "npoe.html").read_text()
+    assert re.search(r"<td[^>]*>ONION</td>", npoe_page)  # Tables 1-2 name each row's method
     html_dir = site / "_build" / "html"
     intro = (html_dir / "chapters" / "intro.html").read_text()
     assert len(re.findall(r"<td[^>]*>smoke</td>", intro)) == len(book.chapter_sources())  # each chapter's profile in the table

@@ -674,3 +674,8 @@ def test_perplexity_weighs_every_answer_token_alike():
     expected = float(np.exp(nll / n))
     for batch_size in (1, 2, 3):
         assert abs(answers_perplexity(model, sft, batch_size=batch_size) - expected) < 1e-4 * expected
+
+
+def test_perplexity_cells_read_for_a_sane_and_a_broken_model():
+    from moebackdoor.llm.locphylax_paper import MISSING, perplexity_cell
+    assert [perplexity_cell(v) for v in (3.14159, 1.1402e14, float("nan"))] == ["3.14", "1.1e+14", MISSING]

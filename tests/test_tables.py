@@ -37,3 +37,19 @@ def test_a_plain_index_is_dropped_and_digits_can_differ_per_column():
 def test_long_cells_are_never_cut():
     text = "a sentence long enough that pandas would cut it with an ellipsis in its plain repr " * 3
     assert text.strip() in tables.html(pd.DataFrame({"note": [text.strip()]}))
+
+
+def test_row_labels_stay_and_row_numbers_go():
+    # unnamed labels (a table of methods, a knob per row) are the table's first column
+    df = pd.DataFrame({"asr": [90.0, 4.0]}, index=["No defense", "NPoE"])
+    v = tables.view(df)
+    assert v.data.iloc[:, 0].tolist() == ["No defense", "NPoE"] and v.data.columns[0].strip() == ""
+    two = pd.DataFrame({"asr": [1.0]}, index=pd.MultiIndex.from_tuples([("sst2", "mix3")]))
+    assert tables.view(two).data.iloc[0].tolist()[:2] == ["sst2", "mix3"]
+    # what filtering leaves of 0, 1, 2… only numbers the rows
+    kept = pd.DataFrame({"asr": [1.0, 2.0, 3.0]})[lambda d: d.asr > 1]
+    assert list(tables.view(kept).data.columns) == ["ASR (%)"]
+
+
+def test_huge_numbers_read_as_powers_of_ten():
+    assert tables.view(pd.DataFrame({"perplexity": [1.1402e14, 3.14159]})).data.perplexity.tolist() == ["1.1e+14", "3.1"]

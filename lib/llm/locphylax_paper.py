@@ -63,6 +63,15 @@ def no_label_cell(clean, triggered) -> str:
     return f"{percent(clean)} / {percent(triggered)}"
 
 
+def perplexity_cell(ppl: float) -> str:
+    """A perplexity for reading: two decimals, or powers of ten for a model that lost its language.
+
+    >>> perplexity_cell(3.14159), perplexity_cell(1.1402e14), perplexity_cell(float("nan"))
+    ('3.14', '1.1e+14', '–')
+    """
+    return MISSING if pd.isna(ppl) else f"{ppl:.2f}" if ppl < 1e5 else f"{ppl:.1e}"
+
+
 def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.DataFrame:
     """Methods as rows, one ASR and CACC column pair per attack, the average, the paper's headline."""
     methods = [m for m in METHOD_NAMES if m in set(table.method)]
@@ -79,8 +88,7 @@ def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.
     mean = table.groupby("method").mean(numeric_only=True)
     out["mean ASR (attacks it ran on)"] = [f"{mean.asr[m]:.1f}" for m in methods]
     out["mean CACC (attacks it ran on)"] = [f"{mean.cacc[m]:.1f}" for m in methods]
-    out["perplexity, held-out clean answers"] = [f"{mean.perplexity[m]:.2f}" if pd.notna(mean.perplexity[m])
-                                                 else MISSING for m in methods]
+    out["perplexity, held-out clean answers"] = [perplexity_cell(mean.perplexity[m]) for m in methods]
     out["paper: mean ASR"] = [f"{PAPER['asr_after']:.2f}" if m == "locphylax" else "" for m in methods]
     if floor is not None and len(floor):
         f = floor.groupby(["task", "attack"], sort=False).mean(numeric_only=True)
@@ -91,8 +99,7 @@ def display_table(table: pd.DataFrame, floor: pd.DataFrame | None = None) -> pd.
             next((fn(f.loc[key(c)]) for end, fn in cell.items() if c.endswith(end) and key(c) in f.index), "")
             for c in out.columns]
         ppl = floor.perplexity.mean()
-        out.loc[METHOD_NAMES["clean_model"], "perplexity, held-out clean answers"] = (
-            MISSING if pd.isna(ppl) else f"{ppl:.2f}")
+        out.loc[METHOD_NAMES["clean_model"], "perplexity, held-out clean answers"] = perplexity_cell(ppl)
     return out
 
 

@@ -538,7 +538,7 @@ def inside_npoe(selections: dict) -> list:
 def figure_text(table: pd.DataFrame, figure: str) -> str:
     """Markdown above a sensitivity figure: what it varies, the paper's trend and ours."""
     label = FIGURES[figure][1]
-    return (f"**{label[:1].upper() + label[1:]}** (`{figure}`). The paper: "
+    return (f"**{label[:1].upper() + label[1:]}**. The paper: "
             f"{PAPER_TRENDS[figure] or NOT_OBTAINED}. Ours: {trend_text(table, figure)}.")
 
 
