@@ -185,7 +185,7 @@ def verdict_text(v: dict | None, versus: pd.DataFrame, guesses: list[str], where
             f"{words[r.locphylax]} clean fine-tuning's on {r.attack} ({r.locphylax_asr:.1f} % "
             f"[{r.locphylax_lo:.1f}, {r.locphylax_hi:.1f}] against {r.clean_finetune_asr:.1f} % "
             f"[{r.clean_finetune_lo:.1f}, {r.clean_finetune_hi:.1f}])" for r in versus.itertuples()) + "."
-    text += (" Guesses tested: " + ", ".join(guesses) + "." if guesses else
+    text += (" Guesses tested: " + ", ".join(GUESS_NAMES.get(g, g) for g in guesses) + "." if guesses else
              " No guess was tested in this execution.")
     return text
 
