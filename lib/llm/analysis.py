@@ -107,16 +107,11 @@ def aggregation(config: dict, loc_run, attack_run, state: str = "prompt_end") ->
         x = np.concatenate([states[(name, k)] for k in sets])
         mean = x.mean(0)
         _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-        embedded = tsne(x)
-        start = 0
-        for kind in sets:
-            p = (states[(name, kind)] - mean) @ vt[:2].T
-            t = embedded[start:start + len(p)]
-            start += len(p)
-            c = {k: states[(name, k)].mean(0) for k in sets}
-            rows += [{"model": name, "kind": kind, "pc1": float(a), "pc2": float(b), "tsne1": float(u),
-                      "tsne2": float(v), "distance_to_unknown": float(np.linalg.norm(c[kind] - c["unknown trigger"]))}
-                     for (a, b), (u, v) in zip(p, t)]
+        kinds = [k for k in sets for _ in range(len(states[(name, k)]))]
+        centroid = {k: states[(name, k)].mean(0) for k in sets}
+        gap = {k: float(np.linalg.norm(centroid[k] - centroid["unknown trigger"])) for k in sets}
+        rows += [{"model": name, "kind": k, "pc1": float(a), "pc2": float(b), "tsne1": float(u), "tsne2": float(v),
+                  "distance_to_unknown": gap[k]} for k, (a, b), (u, v) in zip(kinds, (x - mean) @ vt[:2].T, tsne(x))]
     return {"points": rows}, {}
 
 
