@@ -94,3 +94,12 @@ def test_the_differences_table_by_hand():
     text = npoe_paper.differences_text(6920, {3000: (64.7, 82.6), 6920: (84.2, 84.9)}, t, 3)
     assert "**6,920**" in text and "dropout in the experts and the gate (+30.0 ASR points" in text
     assert "DPoE's shallow model (+1.0 ASR points" in text  # no spread at all: any change counts
+
+
+def test_the_whole_training_set_has_one_cache_key_however_it_is_asked_for():
+    """The ladder's top rung (all of SST-2) and a table run on the profile's whole set share runs."""
+    whole = config.run_config("quick", "sst2", "mix3", "no_defense")
+    assert whole["n_train"] is None
+    assert config.run_config("quick", "sst2", "mix3", "no_defense", n_train=6920) == whole
+    assert differences.ladder_configs("quick", 6920, [0]) == [whole]
+    assert config.run_config("quick", "sst2", "mix3", "no_defense", n_train=6919)["n_train"] == 6919

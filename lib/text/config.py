@@ -127,6 +127,7 @@ def run_config(profile_name: str, dataset: str, setting: str, method: str, seed:
     check_int("seed", seed)
     check_int("target", target, 0, n_classes(dataset) - 1)
     n_train = check_optional_int("n_train", overrides.get("n_train", p["n_train"]), 1, SIZES[dataset][0])
+    n_train = None if n_train == SIZES[dataset][0] else n_train  # the whole set: one cache key, however asked
     recipe = dict(p["recipe"], epochs=check_int("epochs", overrides.get("epochs", p["recipe"]["epochs"]), 1),
                   max_length=check_int("max_length", overrides.get("max_length", p["max_length"]), 8))
     if method in p.get("small_lr_by_method", {}):  # the experts' and gate's rate, per method
