@@ -50,6 +50,7 @@ def test_the_mpnet_section_and_the_verdict_are_written_down():
     assert mpnet.NPOE == dict(beta=plan["beta"], small_lr=plan["small_lr"], train_experts=plan["train_experts"])
     assert mpnet.N_TRAIN_LADDER == plan["n_train_ladder"]
     assert (mpnet.BUDGET_MINUTES, mpnet.COST_FACTOR) == (plan["budget_minutes"], plan["cost_factor"])
+    assert mpnet.MIN_ASR == plan["min_asr"]
     assert npoe_paper.VERDICT == PLAN["verdict"]
 
 
@@ -61,6 +62,12 @@ def test_the_base_size_section_sizes_its_training_set_from_a_measured_step(tmp_p
     assert [mpnet.choose_n_train(s) for s in (0.2, 0.6, 1.5, 3.0, 60.0)] == [6920, 4000, 2000, 1000, 1000]
     with pytest.raises(Exception, match="seconds_per_batch"):
         mpnet.choose_n_train(0)
+    # the amendment: up the ladder until No defense carries the backdoor, each rung trained once
+    asked = []
+    asr = {1000: 99.0, 2000: 60.0, 3000: 79.9, 4000: 80.0, 6920: 90.0}
+    assert mpnet.backdoored_rung(2000, lambda n: asked.append(n) or asr[n]) == (4000, {2000: 60.0, 3000: 79.9, 4000: 80.0})
+    assert asked == [2000, 3000, 4000]
+    assert mpnet.backdoored_rung(4000, {4000: 10.0, 6920: 20.0}.get) == (6920, {4000: 10.0, 6920: 20.0})
     # a measurement is a run of its own (cached); MiniLM here, so that the test stays small
     config = mpnet.timing_config("smoke", "minilm-l6") | {"batches": 2}
     run, = RunCache(tmp_path).sweep([config], mpnet.measure, desc="timing")

@@ -10,10 +10,14 @@ three-layer shallow model; ``notebooks/npoe.config.yaml`` wrote this down before
 
 >>> choose_n_train(1.5)  # seconds per batch -> the training sentences
 2000
+
+Where No defense's ASR on that rung is below 80 % there is no backdoor to remove, and the section
+climbs the ladder until there is (:func:`backdoored_rung`), whatever it costs beyond the budget.
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -31,6 +35,9 @@ NPOE = dict(beta=1.0, small_lr=5e-4, train_experts=True)  # the differences tabl
 N_TRAIN_LADDER = [1000, 2000, 3000, 4000, 6920]
 BUDGET_MINUTES = 50  # training; about 10 more for evaluation
 COST_FACTOR = 6.5  # the four methods' batches in No defense batches (R-drop's two passes, the experts)
+# notebooks/npoe.config.yaml's amendment: from the budget's rung up until No defense carries the
+# backdoor (its ASR at least this), whatever it costs beyond the budget
+MIN_ASR = 80.0
 TIMING_CHAPTER = "npoe-step-time"
 TIMED_BATCHES = 6  # after one warm-up batch
 
@@ -74,6 +81,25 @@ def choose_n_train(seconds_per_batch: float, ladder=N_TRAIN_LADDER, budget: floa
     check_positive("seconds_per_batch", seconds_per_batch)
     fits = [n for n in ladder if estimated_minutes(n, seconds_per_batch, epochs, batch_size) <= budget]
     return max(fits) if fits else min(ladder)
+
+
+def backdoored_rung(start: int, no_defense_asr: Callable[[int], float], ladder=N_TRAIN_LADDER,
+                    min_asr: float = MIN_ASR) -> tuple[int, dict[int, float]]:
+    """From rung ``start`` up the ladder: the first rung on which No defense's ASR (trained on
+    demand by ``no_defense_asr``) is at least ``min_asr`` (the largest if none), and the ASR of
+    every rung tried.
+
+    >>> backdoored_rung(4000, {4000: 71.8, 6920: 85.0}.get)
+    (6920, {4000: 71.8, 6920: 85.0})
+    >>> backdoored_rung(2000, {2000: 90.0}.get)
+    (2000, {2000: 90.0})
+    """
+    tried = {}
+    for rung in [r for r in ladder if r >= start] or [max(ladder)]:
+        tried[rung] = no_defense_asr(rung)
+        if tried[rung] >= min_asr:
+            break
+    return rung, tried
 
 
 def mpnet_grid_args(profile: str, n_train: int) -> dict:
