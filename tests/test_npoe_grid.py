@@ -228,3 +228,25 @@ def test_minutes_count_an_experts_pretraining_once_whether_its_npoe_run_is_old_o
     assert len(experts) == 4
     assert minutes([old, *experts]) == 10.0
     assert minutes([new, *experts]) == 10.0
+
+
+def test_a_cold_executions_minutes_count_each_run_once_in_the_first_section_that_needs_it():
+    from pathlib import Path
+
+    from moebackdoor.runcache import Run, config_hash
+    from moebackdoor.text.config import requires, run_config
+    from moebackdoor.text.runs import minutes_by_section
+
+    npoe = run_config("smoke", "sst2", "mix4", "npoe")
+    experts = {config_hash(c): Run(c, {"seconds": 60.0}, Path(config_hash(c))) for c in requires(npoe)}
+    new = Run(npoe, {"wall_seconds": 360.0, "pretraining_apart": True}, Path(config_hash(npoe)))
+    plain = run_config("smoke", "sst2", "mix4", "no_defense")
+    base = Run(plain, {"wall_seconds": 120.0}, Path(config_hash(plain)))
+
+    class Cache:  # what with_requirements asks of a RunCache
+        def load(self, config):
+            return experts[config_hash(config)]
+
+    # NPoE needs its four experts (6 + 4 minutes); the second section shares NPoE, adds No defense
+    assert minutes_by_section({"a": [new], "b": [new, base], "c": []}, Cache()) == \
+        {"a": (5, 10.0), "b": (1, 2.0), "c": (0, 0.0)}

@@ -162,6 +162,7 @@ class Differences:
     runs: dict[str, list]  # each row's runs, one per seed
     table: pd.DataFrame  # :func:`differences_table`
     seeds: list[int]
+    ladder_runs: list  # No defense on every rung climbed, all seeds
 
 
 def differences_results(profile: str, cache: RunCache | None = None, seeds=None, ladder=None,
@@ -175,13 +176,14 @@ def differences_results(profile: str, cache: RunCache | None = None, seeds=None,
     cache = cache or RunCache()
     min_asr, min_cacc = check_positive("min_asr", min_asr), check_positive("min_cacc", min_cacc)
     kw = dict(force=force, label=run_label, executor=executor, requires=requires)
-    by_rung, n_train = {}, None
+    by_rung, n_train, climbed = {}, None, []
     for n in ladder:
         runs_ = cache.sweep(ladder_configs(profile, n, seeds), run, desc=f"No defense on {n:,} sentences", **kw)
+        climbed += runs_
         by_rung[n] = tuple(float(np.mean([r.metrics[k] for r in runs_])) for k in ("asr", "cacc"))
         n_train = choose_n_train(by_rung, ladder, min_asr, min_cacc)
         if n_train is not None:
             break
     configs = differences_configs(profile, n_train, seeds, plan["rows"])
     loaded = cache.sweep_groups(configs, run, desc="the differences table", **kw)
-    return Differences(n_train, by_rung, loaded, differences_table(loaded), list(seeds))
+    return Differences(n_train, by_rung, loaded, differences_table(loaded), list(seeds), climbed)

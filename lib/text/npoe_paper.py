@@ -542,8 +542,9 @@ def figure_text(table: pd.DataFrame, figure: str) -> str:
             f"{PAPER_TRENDS[figure] or NOT_OBTAINED}. Ours: {trend_text(table, figure)}.")
 
 
-def summary_text(table: pd.DataFrame, runnable, n_runs: int, minutes: float) -> str:
-    """Markdown: NPoE against No defense per setting, and what the page's runs cost."""
+def summary_text(table: pd.DataFrame, runnable, sections: dict[str, tuple[int, float]]) -> str:
+    """Markdown: NPoE against No defense per setting, and what the page's runs cost
+    (``sections``: :func:`runs.minutes_by_section`)."""
     lines = []
     for ds, setting in runnable:
         t = table[(table.dataset == ds) & (table.setting == setting) & (table.trigger == "")].set_index("method")
@@ -551,9 +552,13 @@ def summary_text(table: pd.DataFrame, runnable, n_runs: int, minutes: float) -> 
             lines.append(f"- {ds}, {setting}: NPoE brings the ASR from {t.asr['no_defense']:.1f} % (no defense) "
                          f"to {t.asr['npoe']:.1f} %, at a CACC of {t.cacc['npoe']:.1f} % "
                          f"(no defense {t.cacc['no_defense']:.1f} %).")
-    lines.append(f"- This page's {n_runs} runs took {minutes:.0f} minutes to train and evaluate when "
-                 "they were trained (runs trained before per-run wall times were recorded count their training and "
-                 "defense time only). They are cached (`.cache/runs/`): re-running the page retrains nothing that exists.")
+    n = sum(k for k, _ in sections.values())
+    total = sum(m for _, m in sections.values())
+    parts = "; ".join(f"{name} {m:.0f} min ({k} runs)" for name, (k, m) in sections.items() if k)
+    lines.append(f"- A cold execution of this page trains {n} runs in {total:.0f} minutes, as measured when they "
+                 f"were trained ({parts}; runs trained before per-run wall times were recorded count their "
+                 "training and defense time only). They are cached (`.cache/runs/`): re-running the page retrains "
+                 "nothing that exists.")
     return "\n".join(lines)
 
 
