@@ -249,13 +249,14 @@ def test_the_diagnostics_table_reads_each_expert_on_its_trigger():
                             "after": {"insertsent": {"n": 5, "p_target": [0.99]}, "clean_other": {"n": 9, "p_target": [0.25]}}})
     old = DiagRun("npoe", None)  # trained before the diagnostics: left out
     t = npoe_paper.expert_diagnostics_table([npoe, dpoe, old])
-    assert list(t.expert) == ["1 (badnet)", "2 (insertsent)"] * 2 + ["1 (not pre-trained)"] * 2
-    assert list(t.stage) == ["after pre-training"] * 2 + ["after joint training"] * 2 + \
-        ["after pre-training", "after joint training"]
-    assert list(t["read on"]) == ["badnet", "insertsent"] * 2 + ["insertsent"] * 2
+    assert list(t.run) == ["NPoE, seed 0"] * 4 + ["DPoE, seed 0"] * 2
+    assert list(t.expert) == ["1: BadNet", "2: InsertSent"] * 2 + ["1: not pre-trained, read on InsertSent"] * 2
+    assert list(t.stage) == ["pre-trained"] * 2 + ["joint"] * 2 + ["pre-trained", "joint"]
     assert list(t["separation (points)"]) == pytest.approx([80.0, 0.0, 60.0, 90.0, 0.0, 74.0])
-    assert t["P(target) clean, target class (%)"].iloc[3] == 90.0 and t["P(target) badnet rows (%)"].iloc[0] == 90.0
-    assert pd.isna(t["P(target) badnet rows (%)"].iloc[-1])  # DPoE's run had no such rows
+    assert t["clean, target class (%)"].iloc[3] == 90.0 and t["BadNet rows (%)"].iloc[0] == 90.0
+    assert pd.isna(t["BadNet rows (%)"].iloc[-1])  # DPoE's run had no such rows
+    assert list(t.columns) == ["run", "expert", "stage", "BadNet rows (%)", "InsertSent rows (%)",
+                               "clean, other class (%)", "clean, target class (%)", "separation (points)"]
     assert npoe_paper.expert_diagnostics_table([old]) is None
 
 

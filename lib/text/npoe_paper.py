@@ -481,8 +481,9 @@ def pretraining_table(run) -> pd.DataFrame | None:
 
 
 # the expert diagnostics (``evaluation.expert_target_probs``): stages and kinds of training row
-DIAGNOSTIC_STAGES = {"before": "after pre-training", "after": "after joint training"}
+DIAGNOSTIC_STAGES = {"before": "pre-trained", "after": "joint"}
 ROW_KINDS = {"clean_other": "clean, other class", "clean_target": "clean, target class"}
+TRIGGER_NAMES = {"badnet": "BadNet", "insertsent": "InsertSent", "syntactic": "syntactic", "style": "style"}
 
 
 def expert_diagnostics_table(runs, unnamed_trigger: str = "insertsent") -> pd.DataFrame | None:
@@ -492,7 +493,8 @@ def expert_diagnostics_table(runs, unnamed_trigger: str = "insertsent") -> pd.Da
     separation, P(target) on the rows of the trigger it is read on minus on clean other-class
     rows, in points. An expert is read on its pre-training trigger; one not pre-trained (DPoE's
     shallow model) on ``unnamed_trigger`` (InsertSent, the trigger DPoE left at 100 %). None if no
-    run recorded the diagnostics (runs trained before them)."""
+    run recorded the diagnostics (runs trained before them). Short headers, so that the table
+    fits its column."""
     rows = []
     for r in runs:
         d = r.metrics.get("expert_diagnostics")
@@ -504,10 +506,11 @@ def expert_diagnostics_table(runs, unnamed_trigger: str = "insertsent") -> pd.Da
             for j in range(len(next(iter(groups.values()))["p_target"])):
                 trigger = pre[j]["trigger"] if j < len(pre) else None
                 read_on = trigger or unnamed_trigger
-                row = {"method": METHOD_NAMES[r.config["method"]], "seed": r.config["seed"],
-                       "expert": f"{j + 1} ({trigger or 'not pre-trained'})", "stage": stage_name,
-                       "read on": read_on}
-                row |= {f"P(target) {ROW_KINDS.get(g, g + ' rows')} (%)": round(100 * v["p_target"][j], 1)
+                name = TRIGGER_NAMES.get(read_on, read_on)
+                row = {"run": f"{METHOD_NAMES[r.config['method']]}, seed {r.config['seed']}",
+                       "expert": f"{j + 1}: {name}" if trigger else f"{j + 1}: not pre-trained, read on {name}",
+                       "stage": stage_name}
+                row |= {f"{ROW_KINDS.get(g) or TRIGGER_NAMES.get(g, g) + ' rows'} (%)": round(100 * v["p_target"][j], 1)
                         for g, v in groups.items()}
                 row["separation (points)"] = round(100 * (groups[read_on]["p_target"][j]
                                                           - groups["clean_other"]["p_target"][j]), 1) \
@@ -516,10 +519,9 @@ def expert_diagnostics_table(runs, unnamed_trigger: str = "insertsent") -> pd.Da
     if not rows:
         return None
     t = pd.DataFrame(rows)
-    kinds = [c for c in t.columns if c.startswith("P(target) ")]
-    clean = [f"P(target) {k} (%)" for k in ROW_KINDS.values() if f"P(target) {k} (%)" in kinds]
-    return t[[c for c in t.columns if c not in kinds and c != "separation (points)"]
-             + sorted(c for c in kinds if c not in clean) + clean + ["separation (points)"]]
+    clean = [f"{k} (%)" for k in ROW_KINDS.values() if f"{k} (%)" in t.columns]
+    kinds = [c for c in t.columns if c.endswith(" rows (%)")]
+    return t[["run", "expert", "stage"] + sorted(kinds) + clean + ["separation (points)"]]
 
 
 def inside_npoe(selections: dict) -> list:
