@@ -190,6 +190,34 @@ class RunCache:
         return layers
 
 
+def with_requirements(runs: Iterable[Run], requires: Requires, cache: RunCache) -> list[Run]:
+    """The runs and every run they needed, transitively, loaded once each."""
+    seen, todo = {}, list(runs)
+    while todo:
+        r = todo.pop()
+        if r.path.name not in seen:
+            seen[r.path.name] = r
+            todo += [cache.load(d) for d in requires(r.config)]
+    return list(seen.values())
+
+
+def wall_minutes(runs: Iterable[Run]) -> float:
+    """The minutes the runs took when they were trained (their ``wall_seconds``)."""
+    return sum(r.metrics.get("wall_seconds", 0) for r in runs) / 60
+
+
+def minutes_by_section(sections: dict[str, list[Run]], requires: Requires, cache: RunCache,
+                       minutes: Callable[[list[Run]], float] = wall_minutes) -> dict[str, tuple[int, float]]:
+    """``{section: (runs, minutes)}``: what a cold execution of a page trains for each of its
+    sections, with what the runs needed; a run two sections share counts in the first that uses it."""
+    counted, out = set(), {}
+    for name, runs in sections.items():
+        new = [r for r in with_requirements(runs, requires, cache) if r.path.name not in counted]
+        counted |= {r.path.name for r in new}
+        out[name] = (len(new), minutes(new))
+    return out
+
+
 @dataclass
 class WithDependencies:
     """``fn(config, deps)`` as a run function of one argument: it loads ``requires(config)`` from

@@ -78,6 +78,19 @@ def test_a_sweep_trains_what_runs_need_first_and_each_once(tmp_path):
     assert calls == ["analysis"]  # force retrains what was asked for, not what it needs
 
 
+def test_a_cold_executions_minutes_count_each_run_once_in_the_first_section_that_needs_it(tmp_path):
+    from moebackdoor.runcache import minutes_by_section
+
+    cache = RunCache(tmp_path)
+    seconds = {"attack": 120.0, "defense 0": 60.0, "defense 1": 30.0}
+    for name in ["attack", "defense 0", "defense 1"]:
+        cache.save(GRAPH[name], {"wall_seconds": seconds[name]}, {})
+    d0, d1 = cache.load(GRAPH["defense 0"]), cache.load(GRAPH["defense 1"])
+    # the first section trains defense 0 and the attack it needs (3 min); the second adds defense 1
+    assert minutes_by_section({"table": [d0], "figure": [d0, d1], "none": []}, _needs, cache) == \
+        {"table": (2, 3.0), "figure": (1, 0.5), "none": (0, 0.0)}
+
+
 def test_runs_that_need_each_other_are_refused(tmp_path):
     with pytest.raises(ValueError, match="need each other"):
         RunCache(tmp_path).plan([{"name": "a", "needs": ["b"]}],

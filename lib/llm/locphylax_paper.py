@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from .. import pretrained, style
+from ..runcache import RunCache, minutes_by_section
 from . import models
+from .config import requires
 
 TABLE_ID = "locphylax-results"
 COLUMNS = ["model", "task", "attack", "method", "asr", "cacc"]  # the saved table's (TABLE_ID.csv)
@@ -461,13 +463,21 @@ def after_stage1_text(runs, seed: int) -> str | None:
         "target); an ASR near 0 with CACC near 0 is every prompt pulled onto the known answer.")
 
 
-def summary_text(done: dict, seeds) -> str:
-    """The summary's bullets: the page's runs (table, floor, mismatch) and their training time."""
-    page_runs = {r.path.name: r for group in ("main", "floor", "mismatch") for r in done[group]}
-    minutes = sum(r.metrics.get("wall_seconds", 0) for r in page_runs.values()) / 60
-    return (f"- This page's {len(page_runs)} runs took {minutes:.0f} minute{'' if round(minutes) == 1 else 's'} "
-            "to train and evaluate when they were trained; they are cached (`.cache/runs/`), so re-running the page "
-            "retrains nothing that exists.\n"
+SECTIONS = {"the main table": ["main"], "the floor and the template": ["floor", "mismatch"],
+            "the figures": ["aggregation", "critical_layers", "asr_steps"], "the guesses": ["guesses"]}
+
+
+def summary_text(done: dict, seeds, cache=None) -> str:
+    """The summary's bullets: what a cold execution of the page trains, section by section (each
+    run with the runs it needed, counted once), and what falls short. ``done``: the runs by group
+    (:func:`runs.run_grid`, and ``"guesses"``)."""
+    sections = {name: [r for g in groups for r in done.get(g, [])] for name, groups in SECTIONS.items()}
+    by = minutes_by_section(sections, requires, cache or RunCache())
+    n, total = sum(k for k, _ in by.values()), sum(m for _, m in by.values())
+    parts = "; ".join(f"{name} {m:.0f} min ({k} runs)" for name, (k, m) in by.items() if k)
+    return (f"- A cold execution of this page trains {n} runs in {total:.0f} minute{'' if round(total) == 1 else 's'}, "
+            f"as measured when they were trained ({parts}); they are cached (`.cache/runs/`), so re-running the "
+            "page retrains nothing that exists.\n"
             "- What falls short of the paper, and why, is in the claims table above: the scale (a 135M model on a "
             "CPU against 7–8B models), the defender's choices the paper does not state (known triggers, recovery "
             "data, steps), and " + (f"{len(seeds)} seeds." if len(seeds) > 1 else

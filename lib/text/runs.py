@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 from ..params import check_choice
-from ..runcache import RunCache, config_hash
+from ..runcache import RunCache, config_hash, minutes_by_section as by_section
 from . import poe
 from .config import DEFENSES, SELECT_RULE, is_expert, requires, run_label, selection_configs, with_beta
 from .data import n_classes
@@ -94,24 +94,8 @@ def minutes(runs_) -> float:
                for r in unique if r.path.name not in inside) / 60
 
 
-def with_requirements(runs_, cache: RunCache | None = None) -> list:
-    """The runs and every run they needed, transitively (an expert, a defended model), once each."""
-    cache = cache or RunCache()
-    seen, todo = {}, list(runs_)
-    while todo:
-        r = todo.pop()
-        if r.path.name not in seen:
-            seen[r.path.name] = r
-            todo += [cache.load(d) for d in requires(r.config)]
-    return list(seen.values())
-
 
 def minutes_by_section(sections: dict[str, list], cache: RunCache | None = None) -> dict[str, tuple[int, float]]:
-    """``{section: (runs, minutes)}``: what a cold execution of the page trains for each section,
-    with what the runs needed; a run two sections share counts in the first that uses it."""
-    counted, out = set(), {}
-    for name, runs_ in sections.items():
-        new = [r for r in with_requirements(runs_, cache) if r.path.name not in counted]
-        counted |= {r.path.name for r in new}
-        out[name] = (len(new), minutes(new))
-    return out
+    """``{section: (runs, minutes)}`` of a cold execution (:func:`moebackdoor.runcache.minutes_by_section`),
+    the minutes counted as :func:`minutes` counts them."""
+    return by_section(sections, requires, cache or RunCache(), minutes)
