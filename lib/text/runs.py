@@ -94,7 +94,6 @@ def minutes(runs_) -> float:
                for r in unique if r.path.name not in inside) / 60
 
 
-
 def minutes_by_section(sections: dict[str, list], cache: RunCache | None = None) -> dict[str, tuple[int, float]]:
     """``{section: (runs, minutes)}`` of a cold execution (:func:`moebackdoor.runcache.minutes_by_section`),
     the minutes counted as :func:`minutes` counts them."""
