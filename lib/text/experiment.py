@@ -25,7 +25,7 @@ from .config import FIGURES, GATE_INPUTS, METHODS, PRETRAIN_SCHEDULES, REGIMES, 
 from .data import DATASETS, STYLE_DATASETS, SYNTACTIC_DATASETS
 from .poisoning import PRETRAIN_LABELS, PRETRAIN_SOURCES, SETTINGS
 from .training import EXPERT_MODES
-from .runs import minutes, run
+from .runs import run
 
 ALL_METHODS = list(METHODS)
 ALL_FIGURES = list(FIGURES)
@@ -222,10 +222,6 @@ class NPoEResults:
         """The table's runs' training and defense minutes, when they were trained."""
         return sum(r.metrics.get("history", {}).get("seconds", 0) + r.metrics.get("defense_seconds", 0)
                    for r in self.table_runs) / 60
-
-    @property
-    def minutes(self) -> float:
-        return minutes(self.page_runs)
 
     @property
     def n_runs(self) -> int:
