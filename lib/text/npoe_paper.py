@@ -557,8 +557,8 @@ def summary_text(table: pd.DataFrame, runnable, sections: dict[str, tuple[int, f
     n = sum(k for k, _ in sections.values())
     total = sum(m for _, m in sections.values())
     parts = "; ".join(f"{name} {m:.0f} min ({k} runs)" for name, (k, m) in sections.items() if k)
-    lines.append(f"- A cold execution of this page trains {n} runs in {total:.0f} minutes, as measured when they "
-                 f"were trained ({parts}; runs trained before per-run wall times were recorded count their "
+    lines.append(f"- A cold execution of this page trains {n} runs in {total:.0f} minute{'' if round(total) == 1 else 's'}, "
+                 f"as measured when they were trained ({parts}; runs trained before per-run wall times were recorded count their "
                  "training and defense time only). They are cached (`.cache/runs/`): re-running the page retrains "
                  "nothing that exists.")
     return "\n".join(lines)
