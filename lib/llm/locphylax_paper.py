@@ -292,6 +292,31 @@ def guesses_view(table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> p
     return out.set_index(["guess", "setting"])
 
 
+def guesses_text(table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> str:
+    """The guesses table in prose, one bullet per guess: how Locphylax's ASR moves from the setting
+    before to the new one, and, for each, how it compares with clean fine-tuning at the same steps
+    (the 95 % intervals, :func:`compare_intervals`)."""
+    words = {"lower": "lower than", "higher": "higher than", "no different": "not distinguishable from",
+             "unknown": "not comparable with"}
+    interval = lambda r: (r.asr_lo, r.asr_hi)  # noqa: E731
+    lines = []
+    for guess, rows in table.groupby("guess", sort=False):
+        if len(rows) != 2:
+            continue
+        before, new = rows.itertuples()
+        move = compare_intervals(interval(new), interval(before))
+        text = (f"- **{GUESS_NAMES.get(guess, guess)}**: from {before.setting} to {new.setting}, Locphylax's ASR goes "
+                f"from {before.asr:.1f} % to {new.asr:.1f} % ({words[move]} before) and its CACC from "
+                f"{before.cacc:.1f} to {new.cacc:.1f}.")
+        if baseline is not None and len(baseline) == len(table):
+            versus = [compare_intervals(interval(r), interval(baseline.loc[i]))
+                      for i, r in zip(rows.index, rows.itertuples())]
+            text += (f" Beside clean fine-tuning at the same steps it is {words[versus[0]]} it before and "
+                     f"{words[versus[1]]} it after.")
+        lines.append(text)
+    return "\n".join(lines)
+
+
 def asr_steps_table(runs) -> pd.DataFrame:
     rows = [dict(attack=attack_name(r.config["attack"]), method=r.config["method"], **x)
             for r in runs for x in r.metrics.get("asr_track", [])]
