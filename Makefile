@@ -1,5 +1,6 @@
 # make book   execute every chapter at PROFILE (smoke | quick | paper) and build the HTML book
 #             CHAPTERS="pmoe_attacks npoe": a book of those chapters; SOLUTIONS=no: without the exercises' solutions
+# make html   refresh the summary pages and build the HTML from the chapters already executed (no chapter re-runs)
 # make test   run the test suite (unit tests, every notebook at smoke, the book build)
 # make data   fetch, rebuild and verify any missing data file from its pinned source (book and test run it first)
 # make bench  measure training speed (pMoE, the text encoder, NPoE, LoRA SFT and Locphylax); the performance appendix reads it
@@ -16,8 +17,10 @@ STAMP := $(VENV)/.installed
 # MathJax, served from the book's own files so that formulas render offline
 MATHJAX := book/_static/mathjax/tex-svg.js
 MATHJAX_VERSION := 3.2.2
+# the pages that read the chapters' outputs (moebackdoor.book.SUMMARY_PAGES)
+SUMMARY_PAGES := reproducibility performance intro
 
-.PHONY: book test data bench run venv clean
+.PHONY: book html test data bench run venv clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +49,12 @@ book: $(STAMP) $(MATHJAX) data
 	@case "$(SOLUTIONS)" in yes|no) ;; *) echo "SOLUTIONS must be yes or no, not '$(SOLUTIONS)'"; exit 2;; esac
 	$(PY) -m moebackdoor.book execute --profile $(PROFILE) $(if $(strip $(CHAPTERS)),--only $(CHAPTERS))
 	$(PY) -m moebackdoor.book build $(if $(strip $(CHAPTERS)),--chapters $(CHAPTERS)) $(if $(filter no,$(SOLUTIONS)),--no-solutions)
+	@echo "The book is in book/_build/html/index.html"
+
+html: $(STAMP) $(MATHJAX)
+	@case "$(SOLUTIONS)" in yes|no) ;; *) echo "SOLUTIONS must be yes or no, not '$(SOLUTIONS)'"; exit 2;; esac
+	$(PY) -m moebackdoor.book execute --only $(SUMMARY_PAGES)
+	$(PY) -m moebackdoor.book build $(if $(filter no,$(SOLUTIONS)),--no-solutions)
 	@echo "The book is in book/_build/html/index.html"
 
 test: $(STAMP) $(MATHJAX) data
