@@ -142,16 +142,16 @@ def test_guesses_text_compares_each_guess_and_its_baseline_by_their_intervals():
     table = pd.DataFrame([("cluster_token", "answer_end", 74.3, 65.2, 81.7, 84.6, 100),
                           ("cluster_token", "prompt_end", 91.4, 84.5, 95.4, 80.1, 60),
                           ("stage1_steps", "the retention rule", 91.4, 84.5, 95.4, 80.1, 60),
-                          ("stage1_steps", "200", 59.0, 49.5, 68.0, 86.1, 220)],
+                          ("stage1_steps", "200 steps", 59.0, 49.5, 68.0, 86.1, 220)],
                          columns=locphylax_paper.GUESS_COLUMNS)
     baseline = table.assign(asr=[55.2, 68.6, 68.6, 80.0], asr_lo=[45.7, 59.2, 59.2, 71.0],
                             asr_hi=[64.4, 76.7, 76.7, 87.0])
     lines = locphylax_paper.guesses_text(table, baseline).splitlines()
     assert lines == [
         "- **the clustered state**: from answer_end to prompt_end, Locphylax's ASR goes from 74.3 % to 91.4 % "
-        "(higher than before) and its CACC from 84.6 to 80.1. Beside clean fine-tuning at the same steps it is "
-        "higher than it before and higher than it after.",
-        "- **stage 1's length**: from the retention rule to 200, Locphylax's ASR goes from 91.4 % to 59.0 % "
-        "(lower than before) and its CACC from 80.1 to 86.1. Beside clean fine-tuning at the same steps it is "
-        "higher than it before and lower than it after."]
+        "(higher than before) and its CACC from 84.6 to 80.1. Against clean fine-tuning at the same steps: "
+        "higher with answer_end, higher with prompt_end.",
+        "- **stage 1's length**: from the retention rule to 200 steps, Locphylax's ASR goes from 91.4 % to 59.0 % "
+        "(lower than before) and its CACC from 80.1 to 86.1. Against clean fine-tuning at the same steps: "
+        "higher with the retention rule, lower with 200 steps."]
     assert "clean fine-tuning" not in locphylax_paper.guesses_text(table)

@@ -39,7 +39,7 @@ def test_the_guesses_rows_are_written_down():
     rows = guesses.guesses_grid("quick")
     assert [(g, s) for g, s, _ in rows] == [("cluster_token", "answer_end"), ("cluster_token", "prompt_end"),
                                           ("stage1_batches", "random"), ("stage1_batches", "stratified"),
-                                          ("stage1_steps", "the retention rule"), ("stage1_steps", "200")]
+                                          ("stage1_steps", "the retention rule"), ("stage1_steps", "200 steps")]
     page = locphylax_grid("quick", tasks=["sst2"], attacks=["badnet"], methods=["locphylax", "clean_finetune"],
                           figures=[], mismatch_template=None).main
     defaults = [configs for g, s, configs in rows if s in ("prompt_end", "stratified", "the retention rule")]

@@ -35,7 +35,7 @@ SMOKE_STEPS = 3  # the fixed budget at smoke (every code path, seconds)
 
 
 def setting_name(value) -> str:
-    return "the retention rule" if value is None else str(value)
+    return "the retention rule" if value is None else f"{value} steps" if isinstance(value, int) else str(value)
 
 
 def guesses_grid(profile: str, seeds=None) -> list[tuple[str, str, list[dict]]]:

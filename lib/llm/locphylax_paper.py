@@ -298,6 +298,7 @@ def guesses_text(table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> s
     (the 95 % intervals, :func:`compare_intervals`)."""
     words = {"lower": "lower than", "higher": "higher than", "no different": "not distinguishable from",
              "unknown": "not comparable with"}
+    short = {"lower": "lower", "higher": "higher", "no different": "not distinguishable", "unknown": "not comparable"}
     interval = lambda r: (r.asr_lo, r.asr_hi)  # noqa: E731
     lines = []
     for guess, rows in table.groupby("guess", sort=False):
@@ -311,8 +312,8 @@ def guesses_text(table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> s
         if baseline is not None and len(baseline) == len(table):
             versus = [compare_intervals(interval(r), interval(baseline.loc[i]))
                       for i, r in zip(rows.index, rows.itertuples())]
-            text += (f" Beside clean fine-tuning at the same steps it is {words[versus[0]]} it before and "
-                     f"{words[versus[1]]} it after.")
+            text += (f" Against clean fine-tuning at the same steps: {short[versus[0]]} with {before.setting}, "
+                     f"{short[versus[1]]} with {new.setting}.")
         lines.append(text)
     return "\n".join(lines)
 
