@@ -143,6 +143,11 @@ def verdict(table: pd.DataFrame) -> dict | None:
     return dict(h, reproduced=bool(ok))
 
 
+# compare_intervals' answer in prose ("Locphylax's ASR is ... clean fine-tuning's")
+COMPARED = {"lower": "lower than", "higher": "higher than", "no different": "not distinguishable from",
+            "unknown": "not comparable with"}
+
+
 def compare_intervals(a: tuple[float, float], b: tuple[float, float]) -> str:
     """``"lower"`` when interval ``a`` lies wholly below ``b``, ``"higher"`` when wholly above,
     ``"no different"`` when they overlap, ``"unknown"`` when either is missing."""
@@ -181,10 +186,8 @@ def verdict_text(v: dict | None, versus: pd.DataFrame, guesses: list[str], where
             f"{v['asr_before']:.1f} % undefended, and its CACC moves {v['cacc_change']:+.1f} points (the rule: no "
             f"more than {VERDICT['max_cacc_drop']:g} below).")
     if len(versus):
-        words = {"lower": "lower than", "higher": "higher than", "no different": "not distinguishable from",
-                 "unknown": "not comparable with"}
         text += " Beside clean fine-tuning with the same steps, its ASR is " + "; ".join(
-            f"{words[r.locphylax]} clean fine-tuning's on {r.attack} ({r.locphylax_asr:.1f} % "
+            f"{COMPARED[r.locphylax]} clean fine-tuning's on {r.attack} ({r.locphylax_asr:.1f} % "
             f"[{r.locphylax_lo:.1f}, {r.locphylax_hi:.1f}] against {r.clean_finetune_asr:.1f} % "
             f"[{r.clean_finetune_lo:.1f}, {r.clean_finetune_hi:.1f}])" for r in versus.itertuples()) + "."
     text += (" Guesses tested: " + ", ".join(GUESS_NAMES.get(g, g) for g in guesses) + "." if guesses else
@@ -296,8 +299,6 @@ def guesses_text(table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> s
     """The guesses table in prose, one bullet per guess: how Locphylax's ASR moves from the setting
     before to the new one, and, for each, how it compares with clean fine-tuning at the same steps
     (the 95 % intervals, :func:`compare_intervals`)."""
-    words = {"lower": "lower than", "higher": "higher than", "no different": "not distinguishable from",
-             "unknown": "not comparable with"}
     short = {"lower": "lower", "higher": "higher", "no different": "not distinguishable", "unknown": "not comparable"}
     interval = lambda r: (r.asr_lo, r.asr_hi)  # noqa: E731
     lines = []
@@ -307,7 +308,7 @@ def guesses_text(table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> s
         before, new = rows.itertuples()
         move = compare_intervals(interval(new), interval(before))
         text = (f"- **{GUESS_NAMES.get(guess, guess)}**: from {before.setting} to {new.setting}, Locphylax's ASR goes "
-                f"from {before.asr:.1f} % to {new.asr:.1f} % ({words[move]} before) and its CACC from "
+                f"from {before.asr:.1f} % to {new.asr:.1f} % ({COMPARED[move]} before) and its CACC from "
                 f"{before.cacc:.1f} to {new.cacc:.1f}.")
         if baseline is not None and len(baseline) == len(table):
             versus = [compare_intervals(interval(r), interval(baseline.loc[i]))
